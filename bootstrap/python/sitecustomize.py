@@ -1,0 +1,32 @@
+"""snapstart's hook into every Python runtime it starts (imported by ``site``).
+
+Only for snap-start sandboxes: registers an after-restore hook, *first*, so it runs
+before the function's own hooks (awslambdaric runs after-restore hooks in
+registration order). It reseeds what a CRIU snapshot copies into every clone:
+Python's ``random`` module and, when the function imported it, numpy's global RNG.
+``os.urandom``/``secrets``/``uuid4`` read the kernel CRNG, which the manager reseeds
+before each clone resumes. Keep this tiny: it runs at every runtime start.
+"""
+
+import os
+
+if os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
+    try:
+        from snapshot_restore_py import register_after_restore
+    except ImportError:  # not an awslambdaric runtime
+        register_after_restore = None
+
+    def _snapstart_reseed() -> None:
+        import random
+        import sys
+
+        random.seed()
+        numpy = sys.modules.get("numpy")
+        if numpy is not None:
+            try:
+                numpy.random.seed(int.from_bytes(os.urandom(4), "little"))
+            except Exception:
+                pass
+
+    if register_after_restore is not None:
+        register_after_restore(_snapstart_reseed)

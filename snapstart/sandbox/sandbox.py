@@ -1,0 +1,414 @@
+"""One sandbox: a process tree with the agent as PID 1, and the host's handle on it.
+
+A sandbox is created either *cold* (``Sandbox.spawn``: a new agent process that
+starts the runtime and runs init) or *restored* (``Sandbox.restore``: CRIU clones a
+published snapshot into a fresh network namespace). Either way the host talks to
+it only through the control channel (``bootstrap.protocol``), and its lifecycle is
+the explicit state machine in ``state.py``.
+
+Process layout of a cold sandbox (why: ../shared/PLATFORM.md)::
+
+    manager ── nsenter --net=<anon netns> ── exec unshare --pid --time --ipc --uts --fork
+                                                  └── agent (PID 1, setsid) ── runtime
+
+A restored sandbox's agent is a direct child of the manager (CRIU ``rst_sibling``).
+Killing the agent (SIGKILL) ends the whole PID namespace.
+
+This module must not know about versions, stores or pools: that is the manager's.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from bootstrap import protocol
+
+from ..checkpoint.criu import Criu, DumpResult
+from ..config import PROJECT_ROOT
+from ..errors import (AfterRestoreError, InitError, RuntimeExitError, SandboxError,
+                      SandboxTimeoutError)
+from ..runtimes import RuntimeSpec
+from .netns import NetNs, new_netns
+from .state import Lifecycle, SandboxState
+
+__all__ = ["Sandbox", "InvokeRequest", "InvokeResult", "reseed_crng", "LOG_TAIL_BYTES"]
+
+RNDRESEEDCRNG = 0x5207
+LOG_TAIL_BYTES = 256 * 1024      # per-invocation log kept in memory (Tail needs 4 KB)
+S = SandboxState
+
+
+def reseed_crng() -> None:
+    """Force the kernel CRNG to reseed so restored clones rekey (PLATFORM.md)."""
+    fd = os.open("/dev/urandom", os.O_WRONLY)
+    try:
+        fcntl.ioctl(fd, RNDRESEEDCRNG)
+    except OSError as exc:
+        raise SandboxError(f"cannot reseed the kernel CRNG (RNDRESEEDCRNG): {exc}") from exc
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class InvokeRequest:
+    request_id: str
+    payload: bytes
+    arn: str
+    timeout_s: float
+    trace_id: str | None = None
+    client_context: str | None = None
+    cognito: str | None = None
+
+
+@dataclass
+class InvokeResult:
+    request_id: str
+    payload: bytes
+    function_error: str | None          # None | "Unhandled"
+    duration_ms: float
+    logs: bytes = b""
+    start_type: str = "warm"
+    init_duration_ms: float | None = None
+    restore_duration_ms: float | None = None
+    max_memory_used_mb: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _agent_env() -> dict[str, str]:
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+            "PYTHONPATH": str(PROJECT_ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def _error_fields(body: bytes, fallback_type: str) -> dict:
+    """Parse a runtime's error body into Lambda's shape (errorMessage/errorType/stackTrace)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        data = {"errorMessage": body.decode("utf-8", "replace")[:4096]}
+    out = {"errorMessage": str(data.get("errorMessage", "")),
+           "errorType": str(data.get("errorType") or fallback_type)}
+    trace = data.get("stackTrace", data.get("trace"))
+    if trace is not None:
+        out["stackTrace"] = trace if isinstance(trace, list) else [str(trace)]
+    return out
+
+
+class Sandbox:
+    def __init__(self, *, pid: int, ctl: socket.socket, state: SandboxState,
+                 proc: subprocess.Popen | None, log_sink: Callable[[bytes], None] | None,
+                 name: str) -> None:
+        self.pid = pid
+        self.ctl = ctl
+        self.lifecycle = Lifecycle(state)
+        self.proc = proc
+        self.log_sink = log_sink
+        self.name = name
+        self.created = time.monotonic()
+        self.last_used = self.created
+        self.invocations = 0
+        self._reaped = False
+        self._kill_lock = threading.Lock()
+        self._netns_inode = 0
+        self._ctl_inode = 0
+        self._netns: NetNs | None = None
+
+    # ---- creation ----------------------------------------------------------------
+    @classmethod
+    def spawn(cls, spec: RuntimeSpec, *, name: str = "sandbox",
+              log_sink: Callable[[bytes], None] | None = None) -> "Sandbox":
+        """Start a cold sandbox: new namespaces, the agent, then the runtime (init)."""
+        netns = new_netns()
+        nsenter, unshare = shutil.which("nsenter"), shutil.which("unshare")
+        if not nsenter or not unshare:
+            netns.close()
+            raise SandboxError("nsenter/unshare (util-linux) not found on PATH")
+        agent_fd = netns.agent_sock.fileno()
+        argv = [nsenter, f"--net=/proc/self/fd/{netns.fd}", unshare, "--pid", "--time",
+                "--ipc", "--uts", "--fork", "--", sys.executable, "-m", "bootstrap.agent",
+                "--ctl-fd", str(agent_fd)]
+        try:
+            proc = subprocess.Popen(argv, pass_fds=(netns.fd, agent_fd), env=_agent_env(),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, cwd="/")
+        except OSError as exc:
+            netns.close()
+            raise SandboxError(f"cannot start the sandbox agent: {exc}") from exc
+        deadline = time.monotonic() + 5
+        pid = 0
+        while time.monotonic() < deadline:
+            kids = _children(proc.pid)
+            if kids:
+                pid = kids[0]
+                break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.0005)
+        if not pid:
+            proc.kill()
+            proc.wait()
+            netns.close()
+            raise SandboxError("the sandbox agent did not start")
+        sandbox = cls(pid=pid, ctl=netns.host_sock, state=S.CREATED, proc=proc,
+                      log_sink=log_sink, name=name)
+        sandbox._netns_inode = netns.inode
+        sandbox._ctl_inode = os.fstat(agent_fd).st_ino
+        sandbox._netns = netns
+        netns.close_fd()            # the agent keeps the namespace alive
+        try:
+            protocol.send(sandbox.ctl, spec.to_frame())
+        except OSError as exc:
+            sandbox.kill()
+            raise SandboxError(f"cannot talk to the sandbox agent: {exc}") from exc
+        sandbox.lifecycle.to(S.INITIALIZING)
+        return sandbox
+
+    @classmethod
+    def restore(cls, criu: Criu, images_dir: Path, work_dir: Path, *, ctl_inode: int,
+                name: str = "clone",
+                log_sink: Callable[[bytes], None] | None = None) -> "Sandbox":
+        """Clone a snapshot into a fresh network namespace (state RESTORING)."""
+        netns = new_netns()
+        try:
+            reseed_crng()
+            pid = criu.restore(images_dir, work_dir, netns_fd=netns.fd,
+                               ctl_fd=netns.agent_sock.fileno(), ctl_inode=ctl_inode)
+        except BaseException:
+            netns.close()
+            raise
+        netns.close_agent_end()
+        netns.close_fd()
+        sandbox = cls(pid=pid, ctl=netns.host_sock, state=S.RESTORING, proc=None,
+                      log_sink=log_sink, name=name)
+        sandbox._netns_inode = netns.inode
+        return sandbox
+
+    # ---- facts -------------------------------------------------------------------
+    @property
+    def state(self) -> SandboxState:
+        return self.lifecycle.state
+
+    @property
+    def netns_inode(self) -> int:
+        return self._netns_inode
+
+    @property
+    def ctl_inode(self) -> int:
+        return self._ctl_inode
+
+    def runtime_pids(self) -> list[int]:
+        return _children(self.pid)
+
+    def max_memory_used_mb(self) -> int | None:
+        """Peak RSS of the sandbox's processes (VmHWM), in MB."""
+        total = 0
+        for pid in [self.pid] + self.runtime_pids():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            total += int(line.split()[1])
+            except OSError:
+                continue
+        return round(total / 1024) if total else None
+
+    # ---- channel -----------------------------------------------------------------
+    def _recv(self, deadline: float | None) -> dict:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if timeout is not None and timeout <= 0:
+            raise socket.timeout()
+        self.ctl.settimeout(timeout)
+        return protocol.recv(self.ctl)
+
+    def _log(self, data: bytes, buf: bytearray | None) -> None:
+        if buf is not None:
+            buf += data
+            if len(buf) > LOG_TAIL_BYTES:
+                del buf[:len(buf) - LOG_TAIL_BYTES]
+        if self.log_sink is not None:
+            self.log_sink(data)
+
+    def wait_init(self, timeout_s: float, logs: bytearray | None = None) -> str:
+        """Wait until init is done. Returns "ready" (on-demand) or "snapshot" (snap-start).
+
+        Raises ``InitError`` with the runtime's own error type when init fails.
+        """
+        deadline = time.monotonic() + timeout_s
+        init_error: dict | None = None
+        while True:
+            try:
+                msg = self._recv(deadline)
+            except socket.timeout:
+                self.kill()
+                raise InitError(f"Init timed out after {timeout_s:.2f} seconds",
+                                error_type="Sandbox.Timedout") from None
+            except (protocol.ProtocolError, OSError) as exc:
+                self.kill()
+                if init_error:
+                    raise InitError(init_error["errorMessage"], error_type=init_error["errorType"],
+                                    stack_trace=init_error.get("stackTrace")) from None
+                raise InitError(f"Runtime exited during init: {exc}",
+                                error_type="Runtime.ExitError") from None
+            op = msg["op"]
+            if op == "log":
+                self._log(msg["data"], logs)
+            elif op == "ready":
+                self.lifecycle.to(S.IDLE)
+                return "ready"
+            elif op == "snapshot":
+                return "snapshot"
+            elif op == "init_error":
+                init_error = _error_fields(msg["body"], msg.get("type") or "Runtime.Unknown")
+            elif op in ("exit", "fatal"):
+                self.kill()
+                if init_error:
+                    raise InitError(init_error["errorMessage"], error_type=init_error["errorType"],
+                                    stack_trace=init_error.get("stackTrace"))
+                detail = (f"exit status {msg['status']}" if op == "exit"
+                          else msg.get("message", "agent failed"))
+                raise InitError(f"Runtime exited without providing a reason ({detail})",
+                                error_type="Runtime.ExitError")
+
+    def checkpoint(self, criu: Criu, images_dir: Path, work_dir: Path) -> DumpResult:
+        """Dump the whole tree (it is parked in GET /restore/next); the tree dies."""
+        self.lifecycle.to(S.SNAPSHOTTING)
+        try:
+            result = criu.dump(self.pid, images_dir, work_dir, netns_inode=self._netns_inode,
+                               unix_inodes=[self._ctl_inode])
+        finally:
+            self.kill()
+        return result
+
+    # ---- invoke ------------------------------------------------------------------
+    def invoke(self, req: InvokeRequest, *, resume: bool = False) -> InvokeResult:
+        """Run one invocation. ``resume`` is for the first invoke of a restored clone."""
+        if resume:
+            if self.state is not S.RESTORING:
+                raise SandboxError(f"resume needs a RESTORING sandbox, not {self.state.name}")
+        else:
+            self.lifecycle.to(S.BUSY)
+        logs = bytearray()
+        started = time.monotonic()
+        deadline_ms = int(time.time() * 1000 + req.timeout_s * 1000)
+        frame = {"op": "invoke", "id": req.request_id, "payload": req.payload,
+                 "deadline_ms": deadline_ms, "arn": req.arn, "trace_id": req.trace_id,
+                 "client_context": req.client_context, "cognito": req.cognito}
+        restore_ms: float | None = None
+        try:
+            if resume:
+                self.ctl.sendall(protocol.encode({"op": "resume"}) + protocol.encode(frame))
+            else:
+                protocol.send(self.ctl, frame)
+        except OSError as exc:
+            self.kill()
+            raise RuntimeExitError(f"RequestId: {req.request_id} Error: sandbox is gone ({exc})") \
+                from None
+        invoke_start = started
+        # The restore phase (after-restore hooks) is not billed against the timeout.
+        deadline = started + req.timeout_s + (30.0 if resume else 0.0)
+        while True:
+            try:
+                msg = self._recv(deadline)
+            except socket.timeout:
+                self.kill()
+                raise SandboxTimeoutError(
+                    f"RequestId: {req.request_id} Error: Task timed out after "
+                    f"{req.timeout_s:.2f} seconds") from None
+            except (protocol.ProtocolError, OSError):
+                self.kill()
+                raise RuntimeExitError(
+                    f"RequestId: {req.request_id} Error: Runtime exited without providing "
+                    "a reason") from None
+            op = msg["op"]
+            if op == "log":
+                self._log(msg["data"], logs)
+            elif op == "ready":
+                if resume:
+                    invoke_start = time.monotonic()
+                    restore_ms = (invoke_start - started) * 1000
+                    deadline = invoke_start + req.timeout_s
+                    self.lifecycle.to(S.IDLE)
+                    self.lifecycle.to(S.BUSY)
+            elif op in ("response", "error"):
+                if msg.get("id") != req.request_id:
+                    continue
+                duration = (time.monotonic() - invoke_start) * 1000
+                self.invocations += 1
+                self.last_used = time.monotonic()
+                self.lifecycle.to(S.IDLE)
+                if op == "response":
+                    payload, ferr = msg["payload"], None
+                else:
+                    payload = json.dumps(_error_fields(msg["body"], msg.get("type") or
+                                                       "Runtime.Unknown")).encode()
+                    ferr = "Unhandled"
+                return InvokeResult(request_id=req.request_id, payload=payload,
+                                    function_error=ferr, duration_ms=duration, logs=bytes(logs),
+                                    restore_duration_ms=restore_ms,
+                                    max_memory_used_mb=self.max_memory_used_mb())
+            elif op == "restore_error":
+                err = _error_fields(msg["body"], msg.get("type") or "Runtime.AfterRestoreError")
+                self.kill()
+                raise AfterRestoreError(f"{err['errorMessage']}", error_type=err["errorType"])
+            elif op in ("exit", "fatal"):
+                self.kill()
+                status = msg.get("status", "?")
+                raise RuntimeExitError(
+                    f"RequestId: {req.request_id} Error: Runtime exited with error: "
+                    f"exit status {status}")
+
+    # ---- teardown ----------------------------------------------------------------
+    def kill(self) -> None:
+        """SIGKILL the tree (PID 1 dies, so does the namespace) and reap it. Idempotent."""
+        with self._kill_lock:
+            if self._reaped:
+                return
+            self._reaped = True
+            if self.state is not S.DEAD:
+                self.lifecycle.try_to(S.DRAINING)
+                self.lifecycle.try_to(S.DEAD)
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if self.proc is not None:
+                self.proc.kill()
+                self.proc.wait()
+            else:
+                try:
+                    os.waitpid(self.pid, 0)
+                except ChildProcessError:
+                    pass
+            for sock in (self.ctl,):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+            if self._netns is not None:
+                self._netns.close()
+                self._netns = None
+
+    @property
+    def alive(self) -> bool:
+        return not self._reaped
