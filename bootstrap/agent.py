@@ -219,7 +219,9 @@ class Agent:
             if pid == self.runtime_pid:
                 self._drain_logs()
                 code = os.waitstatus_to_exitcode(status)
-                self.emit({"op": "exit", "status": code})
+                # inflight: the invocation the runtime was running (None: it died idle,
+                # so a queued invocation never ran and the host may retry it elsewhere)
+                self.emit({"op": "exit", "status": code, "inflight": self.current})
                 os._exit(0)  # the sandbox ends with its runtime
 
     # ---- HTTP ---------------------------------------------------------------------

@@ -118,6 +118,7 @@ class InvalidTransition(SandboxError):
 
 class RuntimeExitError(SandboxError):
     error_type = "Runtime.ExitError"
+    retryable = False   # True when the runtime died before the event reached it
 
 
 class SandboxTimeoutError(SandboxError):

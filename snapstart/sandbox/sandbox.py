@@ -99,16 +99,22 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _error_fields(body: bytes, fallback_type: str) -> dict:
-    """Parse a runtime's error body into Lambda's shape (errorMessage/errorType/stackTrace)."""
+def _error_fields(body: bytes, header_type: str, *, header_wins: bool = False) -> dict:
+    """Parse a runtime's error body into Lambda's shape (errorMessage/errorType/stackTrace).
+
+    For init/restore errors the Lambda-Runtime-Function-Error-Type header is
+    authoritative (awslambdaric sends Runtime.BeforeSnapshotError there while the
+    body names the hook's exception); for invocation errors the body's type is.
+    """
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         data = None
     if not isinstance(data, dict):
         data = {"errorMessage": body.decode("utf-8", "replace")[:4096]}
-    out = {"errorMessage": str(data.get("errorMessage", "")),
-           "errorType": str(data.get("errorType") or fallback_type)}
+    body_type = data.get("errorType")
+    error_type = header_type if (header_wins or not body_type) else body_type
+    out = {"errorMessage": str(data.get("errorMessage", "")), "errorType": str(error_type)}
     trace = data.get("stackTrace", data.get("trace"))
     if trace is not None:
         out["stackTrace"] = trace if isinstance(trace, list) else [str(trace)]
@@ -279,7 +285,8 @@ class Sandbox:
             elif op == "snapshot":
                 return "snapshot"
             elif op == "init_error":
-                init_error = _error_fields(msg["body"], msg.get("type") or "Runtime.Unknown")
+                init_error = _error_fields(msg["body"], msg.get("type") or "Runtime.Unknown",
+                                           header_wins=bool(msg.get("type")))
             elif op in ("exit", "fatal"):
                 self.kill()
                 if init_error:
@@ -368,15 +375,52 @@ class Sandbox:
                                     restore_duration_ms=restore_ms,
                                     max_memory_used_mb=self.max_memory_used_mb())
             elif op == "restore_error":
-                err = _error_fields(msg["body"], msg.get("type") or "Runtime.AfterRestoreError")
+                err = _error_fields(msg["body"], msg.get("type") or "Runtime.AfterRestoreError",
+                                    header_wins=True)
                 self.kill()
                 raise AfterRestoreError(f"{err['errorMessage']}", error_type=err["errorType"])
             elif op in ("exit", "fatal"):
                 self.kill()
                 status = msg.get("status", "?")
-                raise RuntimeExitError(
+                exc = RuntimeExitError(
                     f"RequestId: {req.request_id} Error: Runtime exited with error: "
                     f"exit status {status}")
+                # The runtime died before this event reached it: safe to run elsewhere.
+                exc.retryable = op == "exit" and msg.get("inflight") != req.request_id
+                raise exc
+
+    def healthy(self) -> bool:
+        """Before reusing an idle clone: drain what the agent said while idle.
+
+        A runtime that exited after its last response (e.g. after a 413) reports
+        ``exit`` asynchronously; such a clone is killed here instead of being reused.
+        """
+        if self._reaped or self.state is not S.IDLE:
+            return False
+        while True:
+            try:
+                self.ctl.setblocking(False)
+                try:
+                    head = self.ctl.recv(1, socket.MSG_PEEK)
+                finally:
+                    self.ctl.setblocking(True)
+            except BlockingIOError:
+                return True
+            except OSError:
+                head = b""
+            if not head:
+                self.kill()
+                return False
+            try:
+                msg = self._recv(time.monotonic() + 1.0)
+            except (socket.timeout, protocol.ProtocolError, OSError):
+                self.kill()
+                return False
+            if msg["op"] == "log":
+                self._log(msg["data"], None)
+            elif msg["op"] in ("exit", "fatal"):
+                self.kill()
+                return False
 
     # ---- teardown ----------------------------------------------------------------
     def kill(self) -> None:

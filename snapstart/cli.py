@@ -1,0 +1,237 @@
+"""The ``snapstart`` command line: a thin layer over ``snapstart.Manager``.
+
+Errors become one clear line on stderr and a non-zero exit (a traceback only with
+``--debug``). A *function* error is not a CLI error: the invocation worked, the
+payload is Lambda's error shape, and the exit code is 0.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import SnapStartError
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SnapStartError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"snapstart: error: {exc.error_type}: {exc.message}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("snapstart: interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """snapstart: publish functions into CRIU snapshots; serve invokes from restored clones."""
+    ctx.ensure_object(dict)["debug"] = debug
+    import logging
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="snapstart: %(levelname)s: %(message)s")
+
+
+def _settings():
+    from .config import Settings
+    return Settings.from_env()
+
+
+def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
+    from .errors import ConfigError
+    env = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--env expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        env[key] = value
+    return env
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Function name.")
+@click.option("--handler", required=True, help="module.function, e.g. app.handler")
+@click.option("--runtime", default="python", show_default=True)
+@click.option("--memory", "memory_mb", type=int, default=512, show_default=True, help="MB")
+@click.option("--timeout", "timeout_s", type=float, default=3.0, show_default=True, help="seconds")
+@click.option("--env", "env", multiple=True, metavar="K=V", help="Environment variable.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def publish(directory: Path, name: str, handler: str, runtime: str, memory_mb: int,
+            timeout_s: float, env: tuple[str, ...], as_json: bool) -> None:
+    """Init DIRECTORY's function once, snapshot it, record a new immutable version."""
+    from .config import FunctionConfig
+    from .manager import Manager
+
+    config = FunctionConfig(name=name, handler=handler, runtime=runtime, memory_mb=memory_mb,
+                            timeout_s=timeout_s, environment=_parse_env(env))
+    with Manager(_settings(), keep_warm=False) as manager:
+        result = manager.publish(directory, config, progress=sys.stderr.isatty())
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    else:
+        click.echo(f"published {result.name}:{result.version}  init {result.init_duration_ms:.0f} ms"
+                   f"  dump {result.dump_duration_ms:.0f} ms  image {result.image_bytes / 2**20:.1f} MiB"
+                   f"  stored {result.stored_bytes / 2**20:.1f} MiB")
+
+
+def _result_dict(result) -> dict:
+    try:
+        payload = json.loads(result.payload) if result.payload else None
+    except (ValueError, UnicodeDecodeError):
+        payload = result.payload.decode("utf-8", "replace")
+    out = {"payload": payload, "function_error": result.function_error,
+           "start_type": result.start_type, "request_id": result.request_id,
+           "duration_ms": round(result.duration_ms, 3),
+           "max_memory_used_mb": result.max_memory_used_mb}
+    if result.init_duration_ms is not None:
+        out["init_duration_ms"] = round(result.init_duration_ms, 3)
+    if result.restore_duration_ms is not None:
+        out["restore_duration_ms"] = round(result.restore_duration_ms, 3)
+    if result.notes:
+        out["notes"] = result.notes
+    return out
+
+
+def _report(result, version: str, memory_mb: int) -> None:
+    from .manager.report import end_line, report_line, start_line
+    for note in result.notes:
+        click.echo(f"snapstart: {note}", err=True)
+    click.echo(start_line(result.request_id, version), err=True)
+    click.echo(end_line(result.request_id), err=True)
+    click.echo(report_line(result.request_id, duration_ms=result.duration_ms, memory_mb=memory_mb,
+                           max_memory_used_mb=result.max_memory_used_mb,
+                           init_duration_ms=result.init_duration_ms,
+                           restore_duration_ms=result.restore_duration_ms), err=True)
+
+
+@main.command()
+@click.argument("ref", metavar="NAME[:VERSION|:ALIAS]")
+@click.option("--payload", default=None, help="JSON event (default {}).")
+@click.option("--payload-file", type=click.File("rb"), default=None)
+@click.option("--log-type", type=click.Choice(["None", "Tail"]), default="None")
+@click.option("--no-snapshot", is_flag=True, help="Full cold init instead of a restore.")
+@click.option("--clones", type=click.IntRange(1, 256), default=None,
+              help="Restore N clones at once and invoke each once.")
+@click.option("--endpoint", envvar="SNAPSTART_ENDPOINT", default=None,
+              help="Invoke through a `snapstart serve` endpoint.")
+@click.option("--json", "as_json", is_flag=True)
+def invoke(ref: str, payload: str | None, payload_file, log_type: str, no_snapshot: bool,
+           clones: int | None, endpoint: str | None, as_json: bool) -> None:
+    """Invoke a function: restored from its snapshot by default."""
+    from .registry import parse_ref
+
+    body = payload_file.read() if payload_file else (payload or "{}").encode()
+    name, qualifier = parse_ref(ref)
+    if endpoint:
+        from .invoke_api.client import invoke_remote
+        results = [invoke_remote(endpoint, name, qualifier, body, tail=log_type == "Tail")]
+        version, memory = results[0].executed_version, 0
+    else:
+        from .manager import Manager
+        with Manager(_settings(), keep_warm=False) as manager:
+            info = manager.registry.resolve(name, qualifier)
+            version, memory = info.version, info.config.memory_mb
+            if clones:
+                results = manager.invoke_clones(name, clones, body, qualifier=qualifier)
+            else:
+                results = [manager.invoke(name, body, qualifier=qualifier,
+                                          no_snapshot=no_snapshot)]
+    rows = []
+    failures = 0
+    for result in results:
+        if isinstance(result, SnapStartError):
+            failures += 1
+            click.echo(f"snapstart: error: {result.error_type}: {result.message}", err=True)
+            rows.append({"error": result.to_lambda()})
+            continue
+        if memory:
+            _report(result, version, memory)
+        row = _result_dict(result)
+        if log_type == "Tail":
+            row["logs"] = result.logs[-4096:].decode("utf-8", "replace")
+            if not as_json:
+                click.echo(row["logs"], err=True, nl=False)
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows if clones else rows[0]))
+    else:
+        for result in results:
+            if not isinstance(result, SnapStartError):
+                click.echo(result.payload.decode("utf-8", "replace"))
+    if failures:
+        sys.exit(1)
+
+
+@main.group()
+def alias() -> None:
+    """Manage aliases (NAME:ALIAS works wherever NAME:VERSION does)."""
+
+
+@alias.command("set")
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+@click.argument("version", type=int)
+def alias_set(name: str, alias_name: str, version: int) -> None:
+    from .registry import Registry
+    Registry(_settings()).set_alias(name, alias_name, version)
+    click.echo(f"{name}:{alias_name} -> {version}")
+
+
+@alias.command("ls")
+@click.argument("name")
+def alias_ls(name: str) -> None:
+    from .registry import Registry
+    for key, value in sorted(Registry(_settings()).aliases(name).items()):
+        click.echo(f"{key}\t{value}")
+
+
+@main.command("functions")
+@click.option("--json", "as_json", is_flag=True)
+def functions_cmd(as_json: bool) -> None:
+    """List functions and their published versions."""
+    from .registry import Registry
+    reg = Registry(_settings())
+    rows = [{"name": n, "versions": reg.versions(n), "aliases": reg.aliases(n)}
+            for n in reg.functions()]
+    if as_json:
+        click.echo(json.dumps(rows))
+    else:
+        for row in rows:
+            click.echo(f"{row['name']}\tversions={row['versions']}\taliases={row['aliases']}")
+
+
+@main.command()
+def doctor() -> None:
+    """Check this machine's requirements (exit 1 if a hard one fails)."""
+    from .doctor import run_checks
+    ok = True
+    for check in run_checks(_settings()):
+        mark = "ok  " if check.ok else ("FAIL" if check.hard else "warn")
+        line = f"{mark} {check.name}: {check.detail}"
+        if not check.ok and check.fix:
+            line += f"  (fix: {check.fix})"
+        click.echo(line)
+        ok = ok and (check.ok or not check.hard)
+    if not ok:
+        sys.exit(1)
+
+
+def _b64(data: bytes) -> str:  # pragma: no cover - used by serve/logs
+    return base64.b64encode(data).decode()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

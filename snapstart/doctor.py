@@ -1,0 +1,116 @@
+"""``snapstart doctor``: one line per requirement, with ok/FAIL and the fix."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Settings
+
+__all__ = ["Check", "run_checks"]
+
+_FIX_CRIU = "run `make criu` (builds CRIU 4.2 from Debian's source) or set SNAPSTART_CRIU"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    hard: bool = True
+
+
+def _unshare_probe(flag: int) -> tuple[bool, str]:
+    """Try unshare(flag) in a throwaway thread (PID/time: affect only future children)."""
+    out: list = []
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def work() -> None:
+        rc = libc.unshare(flag)
+        out.append((rc == 0, os.strerror(ctypes.get_errno()) if rc else "ok"))
+
+    # CLONE_NEWPID / CLONE_NEWTIME on a thread fail with EINVAL in a threaded process,
+    # so probe those in a forked child instead.
+    if flag in (0x20000000, 0x00000080):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if libc.unshare(flag) == 0 else 1)
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status) == 0, "ok" if status == 0 else "unshare failed"
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    return out[0]
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    from .checkpoint.criu import Criu
+
+    checks: list[Check] = []
+    is_root = os.geteuid() == 0
+    checks.append(Check("root", is_root, "running as root" if is_root else f"uid {os.geteuid()}",
+                        "run as root (CRIU and namespaces need CAP_SYS_ADMIN)"))
+    criu = Criu(settings.criu)
+    try:
+        version = criu.version()
+        major_minor = tuple(int(x) for x in version.split(".")[:2])
+        ok = major_minor >= (4, 2)
+        checks.append(Check("criu", ok, f"{settings.criu} version {version}",
+                            _FIX_CRIU if not ok else ""))
+    except Exception as exc:  # any failure here is reported, not raised
+        checks.append(Check("criu", False, f"{settings.criu}: {exc}", _FIX_CRIU))
+        version = ""
+    if version:
+        ok, detail = criu.check()
+        checks.append(Check("criu check", ok, detail, _FIX_CRIU))
+    kdat = list(Path("/dev/shm").glob("snapstart-criu-run/criu.kdat")) + \
+        list(Path("/run").glob("criu.kdat"))
+    on_tmpfs = any(str(p).startswith("/dev/shm") for p in kdat)
+    checks.append(Check("kdat cache on tmpfs", on_tmpfs,
+                        str(kdat[0]) if kdat else "no criu.kdat yet (created by the first criu call)",
+                        "build CRIU with RUNDIR on tmpfs (`make criu` does); ~50 ms per restore",
+                        hard=False))
+    for name, flag in (("net namespace", 0x40000000), ("pid namespace", 0x20000000),
+                       ("time namespace", 0x00000080), ("ipc namespace", 0x08000000),
+                       ("uts namespace", 0x04000000)):
+        ok, detail = _unshare_probe(flag)
+        checks.append(Check(name, ok, detail, "kernel needs CONFIG_*_NS and root"))
+    uffd = Path("/proc/sys/vm/unprivileged_userfaultfd").exists() or Path("/dev/userfaultfd").exists()
+    checks.append(Check("userfaultfd", uffd, "available" if uffd else "missing",
+                        "kernel needs CONFIG_USERFAULTFD (lazy restore)", hard=False))
+    controllers = []
+    try:
+        for line in Path("/proc/cgroups").read_text().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 4 and fields[3] == "1":
+                controllers.append(fields[0])
+    except OSError:
+        pass
+    want = {"memory", "pids", "cpu"}
+    checks.append(Check("cgroup controllers", want <= set(controllers),
+                        ",".join(sorted(controllers)) or "none",
+                        "enable memory, pids and cpu cgroup controllers", hard=False))
+    shm = settings.shm.parent if not settings.shm.exists() else settings.shm
+    try:
+        fstype = _fstype(shm)
+    except OSError:
+        fstype = "?"
+    checks.append(Check("L1 on tmpfs", fstype == "tmpfs", f"{settings.shm} ({fstype})",
+                        "set SNAPSTART_SHM to a tmpfs directory", hard=False))
+    return checks
+
+
+def _fstype(path: Path) -> str:
+    best, fstype = "", "?"
+    target = str(path.resolve())
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        mnt = fields[1]
+        if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+            best, fstype = mnt, fields[2]
+    return fstype
+

@@ -1,0 +1,387 @@
+"""The restore manager: publishes versions and serves invocations on clones.
+
+Data flow (one way): caller -> ``Manager`` -> ``Sandbox`` -> agent -> runtime.
+
+Dispatch for ``invoke(name[:qualifier])``:
+
+1. an idle *warm* clone of that version, if any;
+2. else a *restored* clone: materialize the version's snapshot (verified) to L1
+   tmpfs, reseed the kernel CRNG, CRIU-restore into a fresh network namespace,
+   resume (after-restore hooks) and deliver the event;
+3. else (no snapshot, ``$LATEST``, ``no_snapshot=True``, or the snapshot failed
+   integrity/compatibility/restore) a *cold* init in a new sandbox. A fallback
+   is recorded in ``InvokeResult.notes`` and logged.
+
+The manager owns every sandbox it creates and kills them on ``close()``. It is a
+child subreaper so restored trees (children of CRIU) are reaped by it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..checkpoint.criu import Criu
+from ..config import FunctionConfig, Settings
+from ..errors import (AfterRestoreError, CheckpointError, ConfigError, InitError,
+                      PayloadError, PublishError, RestoreError, RuntimeExitError,
+                      SandboxError, SandboxTimeoutError, SnapshotError, SnapStartError,
+                      StoreError, ThrottledError)
+from ..registry import LATEST, Registry, VersionInfo
+from ..runtimes import runtime_spec
+from ..sandbox.sandbox import InvokeRequest, InvokeResult, Sandbox
+from ..sandbox.state import SandboxState
+
+__all__ = ["Manager", "PublishResult", "MAX_SYNC_PAYLOAD"]
+
+log = logging.getLogger("snapstart.manager")
+MAX_SYNC_PAYLOAD = 6 * 1024 * 1024
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    name: str
+    version: int
+    init_duration_ms: float
+    dump_duration_ms: float
+    image_bytes: int
+    stored_bytes: int
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "version": self.version,
+                "init_duration_ms": round(self.init_duration_ms, 2),
+                "dump_duration_ms": round(self.dump_duration_ms, 2),
+                "image_bytes": self.image_bytes, "stored_bytes": self.stored_bytes}
+
+
+def _default_concurrency() -> int:
+    """Account concurrency sized to the machine: ~256 MB of RAM per clone, 4..256."""
+    try:
+        mem_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
+    except (ValueError, OSError):
+        mem_mb = 4096
+    return max(4, min(256, mem_mb // 256))
+
+
+class Manager:
+    def __init__(self, settings: Settings | None = None, *, keep_warm: bool = True,
+                 max_concurrency: int | None = None,
+                 log_sink: Callable[[str, str, bytes], None] | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.registry = Registry(self.settings)
+        self.criu = Criu(self.settings.criu)
+        self.keep_warm = keep_warm
+        self.max_concurrency = max_concurrency or _default_concurrency()
+        self.log_sink = log_sink
+        self._store = None
+        self._lock = threading.Lock()
+        self._idle: dict[tuple[str, str], list[Sandbox]] = {}
+        self._all: set[Sandbox] = set()
+        self._active = 0
+        self._closed = False
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        self.settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.settings.shm / "run").mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @property
+    def store(self):
+        if self._store is None:
+            from ..store import LocalStore  # lazy: keeps `snapstart --help` fast
+            self._store = LocalStore.from_settings(self.settings)
+        return self._store
+
+    # ---- publish -----------------------------------------------------------------
+    def publish(self, code_dir: Path, config: FunctionConfig, *, progress: bool = False,
+                init_timeout_s: float = 120.0) -> PublishResult:
+        """Init once, checkpoint, store: a new immutable version."""
+        self.registry.set_latest(config, Path(code_dir))
+        n, vdir = self.registry.allocate_version(config.name)
+        staging = self.settings.shm / "staging" / uuid.uuid4().hex
+        try:
+            shutil.copytree(self.registry.latest(config.name).code_dir, vdir / "code",
+                            symlinks=True)
+            packages = self._install_requirements(vdir)
+            spec = runtime_spec(config, self.settings, code_dir=vdir / "code",
+                                packages_dir=packages, version=str(n), snap_start=True,
+                                log_stream=f"publish/{n}")
+            t0 = time.monotonic()
+            sandbox = self._track(Sandbox.spawn(spec, name=f"{config.name}:{n}:publish",
+                                                log_sink=self._sink(config.name, "publish")))
+            try:
+                kind = sandbox.wait_init(init_timeout_s)
+            except InitError as exc:
+                raise PublishError(f"init failed: {exc.error_type}: {exc.message}",
+                                   error_type=exc.error_type) from exc
+            init_ms = (time.monotonic() - t0) * 1000
+            if kind != "snapshot":
+                sandbox.kill()
+                raise PublishError("the runtime asked for an invocation instead of calling "
+                                   "GET /runtime/restore/next; it does not support snap-start")
+            t1 = time.monotonic()
+            try:
+                dump = sandbox.checkpoint(self.criu, staging / "images", staging / "work")
+            finally:
+                self._untrack(sandbox)
+            dump_ms = (time.monotonic() - t1) * 1000
+            snapshot = {"ctl_inode": sandbox.ctl_inode, "init_duration_ms": init_ms,
+                        "dump_duration_ms": dump_ms, "image_bytes": dump.image_bytes,
+                        "criu_version": self.criu.version()}
+            meta = {"config": config.to_dict(), "runtime": config.runtime,
+                    "python": sys.version.split()[0], **snapshot}
+            manifest = self.store.put(config.name, n, staging / "images", meta, progress=progress)
+            stored = self._stored_bytes(config.name, n)
+            self.registry.commit_version(config.name, n, config, snapshot)
+            log.info("published %s:%d (init %.0f ms, dump %.0f ms, %d bytes)", config.name, n,
+                     init_ms, dump_ms, dump.image_bytes)
+            del manifest
+            return PublishResult(name=config.name, version=n, init_duration_ms=init_ms,
+                                 dump_duration_ms=dump_ms, image_bytes=dump.image_bytes,
+                                 stored_bytes=stored)
+        except BaseException:
+            self.registry.abort_version(config.name, n)
+            with contextlib.suppress(Exception):
+                self.store.remove(config.name, n)
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _stored_bytes(self, name: str, n: int) -> int:
+        for row in self.store.stats():
+            if row.get("name") == name and row.get("version") == n:
+                return int(row.get("stored_bytes", 0))
+        return 0
+
+    @staticmethod
+    def _install_requirements(vdir: Path) -> Path | None:
+        req = vdir / "code" / "requirements.txt"
+        if not req.exists():
+            return None
+        target = vdir / "packages"
+        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                               "--disable-pip-version-check", "--no-input", "--target",
+                               str(target), "-r", str(req)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise PublishError("pip could not install requirements.txt: "
+                               + (proc.stderr.strip().splitlines() or ["(no output)"])[-1])
+        return target
+
+    # ---- invoke ------------------------------------------------------------------
+    def invoke(self, name: str, payload: bytes = b"{}", *, qualifier: str | None = None,
+               no_snapshot: bool = False, force_new: bool = False,
+               client_context: str | None = None, trace_id: str | None = None,
+               request_id: str | None = None) -> InvokeResult:
+        info = self.registry.resolve(name, qualifier)
+        self._check_payload(payload)
+        req = InvokeRequest(request_id=request_id or str(uuid.uuid4()), payload=payload,
+                            arn=self.settings.function_arn(name, info.version
+                                                           if info.version != LATEST else None),
+                            timeout_s=info.config.timeout_s, trace_id=trace_id,
+                            client_context=client_context)
+        self._acquire()
+        try:
+            return self._dispatch(info, req, no_snapshot=no_snapshot, force_new=force_new)
+        finally:
+            self._release()
+
+    @staticmethod
+    def _check_payload(payload: bytes) -> None:
+        if len(payload) > MAX_SYNC_PAYLOAD:
+            raise PayloadError(f"Request must be smaller than {MAX_SYNC_PAYLOAD} bytes for the "
+                               "InvokeFunction operation", error_type="RequestTooLargeException")
+        try:
+            json.loads(payload or b"null")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise PayloadError(f"Could not parse request body into json: {exc}") from None
+
+    def _acquire(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise SandboxError("manager is closed")
+            if self._active >= self.max_concurrency:
+                raise ThrottledError("Rate Exceeded.",
+                                     reason="ConcurrentInvocationLimitExceeded")
+            self._active += 1
+
+    def _release(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+    def _dispatch(self, info: VersionInfo, req: InvokeRequest, *, no_snapshot: bool,
+                  force_new: bool) -> InvokeResult:
+        key = (info.name, info.version)
+        sandbox = None if force_new else self._pop_idle(key)
+        notes: list[str] = []
+        if sandbox is not None:
+            try:
+                return self._run(sandbox, key, req, start_type="warm")
+            except RuntimeExitError:
+                # it died idle (just before this event was delivered): start afresh
+                pass
+        if info.snapshot and not no_snapshot:
+            try:
+                t0 = time.monotonic()
+                sandbox = self._restore(info)
+                criu_ms = (time.monotonic() - t0) * 1000
+            except (SnapshotError, RestoreError, StoreError) as exc:
+                note = (f"snapshot of {info.name}:{info.version} unusable "
+                        f"({type(exc).__name__}: {exc.message.splitlines()[0]}); "
+                        "fell back to a cold init")
+                log.warning(note)
+                notes.append(note)
+            else:
+                result = self._run(sandbox, key, req, start_type="restored", resume=True)
+                # Restore Duration: CRIU restore + resume until the runtime asks for work
+                result.restore_duration_ms = criu_ms + (result.restore_duration_ms or 0.0)
+                result.notes = notes
+                return result
+        return self._cold(info, key, req, notes)
+
+    def _restore(self, info: VersionInfo) -> Sandbox:
+        n = int(info.version)
+        manifest = self.store.manifest(info.name, n)
+        self.store.check_compatible(manifest, criu_version=self.criu.version())
+        images = self.store.materialize(info.name, n)
+        work = self.settings.shm / "run" / uuid.uuid4().hex
+        try:
+            sandbox = Sandbox.restore(self.criu, images, work,
+                                      ctl_inode=int(info.snapshot["ctl_inode"]),
+                                      name=f"{info.name}:{info.version}",
+                                      log_sink=self._sink(info.name, info.version))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return self._track(sandbox)
+
+    def _cold(self, info: VersionInfo, key: tuple[str, str], req: InvokeRequest,
+              notes: list[str]) -> InvokeResult:
+        spec = runtime_spec(info.config, self.settings, code_dir=info.code_dir,
+                            packages_dir=info.packages_dir, version=info.version,
+                            snap_start=False)
+        t0 = time.monotonic()
+        sandbox = self._track(Sandbox.spawn(spec, name=f"{info.name}:{info.version}",
+                                            log_sink=self._sink(info.name, info.version)))
+        logs = bytearray()
+        try:
+            sandbox.wait_init(max(10.0, info.config.timeout_s), logs)
+        except InitError as exc:
+            self._untrack(sandbox)
+            return InvokeResult(request_id=req.request_id,
+                                payload=json.dumps(exc.to_lambda()).encode(),
+                                function_error="Unhandled", duration_ms=0.0, logs=bytes(logs),
+                                start_type="cold",
+                                init_duration_ms=(time.monotonic() - t0) * 1000, notes=notes)
+        init_ms = (time.monotonic() - t0) * 1000
+        result = self._run(sandbox, key, req, start_type="cold")
+        result.init_duration_ms = init_ms
+        result.logs = bytes(logs) + result.logs
+        result.notes = notes
+        return result
+
+    def _run(self, sandbox: Sandbox, key: tuple[str, str], req: InvokeRequest, *,
+             start_type: str, resume: bool = False) -> InvokeResult:
+        try:
+            result = sandbox.invoke(req, resume=resume)
+        except RuntimeExitError as exc:
+            self._untrack(sandbox)
+            if exc.retryable and start_type == "warm":
+                raise
+            return InvokeResult(request_id=req.request_id,
+                                payload=json.dumps(exc.to_lambda()).encode(),
+                                function_error="Unhandled", duration_ms=0.0, start_type=start_type)
+        except (SandboxTimeoutError, AfterRestoreError) as exc:
+            self._untrack(sandbox)
+            return InvokeResult(request_id=req.request_id,
+                                payload=json.dumps(exc.to_lambda()).encode(),
+                                function_error="Unhandled", duration_ms=0.0, start_type=start_type)
+        except BaseException:
+            self._untrack(sandbox)
+            raise
+        result.start_type = start_type
+        if self.keep_warm and sandbox.state is SandboxState.IDLE and not self._closed:
+            with self._lock:
+                self._idle.setdefault(key, []).append(sandbox)
+        else:
+            self._untrack(sandbox)
+        return result
+
+    def invoke_clones(self, name: str, n: int, payload: bytes = b"{}", *,
+                      qualifier: str | None = None) -> list[InvokeResult | SnapStartError]:
+        """Restore ``n`` fresh clones of one version at once, invoke each once."""
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            futures = [pool.submit(self.invoke, name, payload, qualifier=qualifier,
+                                   force_new=True) for _ in range(n)]
+            out: list[InvokeResult | SnapStartError] = []
+            for fut in futures:
+                try:
+                    out.append(fut.result())
+                except SnapStartError as exc:
+                    out.append(exc)
+            return out
+
+    # ---- pool bookkeeping --------------------------------------------------------
+    def _sink(self, name: str, stream: str) -> Callable[[bytes], None] | None:
+        if self.log_sink is None:
+            return None
+        sink = self.log_sink
+        return lambda data: sink(name, stream, data)
+
+    def _track(self, sandbox: Sandbox) -> Sandbox:
+        with self._lock:
+            self._all.add(sandbox)
+        return sandbox
+
+    def _untrack(self, sandbox: Sandbox) -> None:
+        sandbox.kill()
+        with self._lock:
+            self._all.discard(sandbox)
+
+    def _pop_idle(self, key: tuple[str, str]) -> Sandbox | None:
+        with self._lock:
+            pool = self._idle.get(key)
+            candidates = []
+            while pool:
+                candidates.append(pool.pop())
+                break
+        for sandbox in candidates:
+            if sandbox.healthy():
+                return sandbox
+            self._untrack(sandbox)
+        return self._pop_idle(key) if candidates else None
+
+    def idle_count(self, name: str | None = None) -> int:
+        with self._lock:
+            return sum(len(v) for k, v in self._idle.items() if name is None or k[0] == name)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            sandboxes = list(self._all)
+            self._all.clear()
+            self._idle.clear()
+        for sandbox in sandboxes:
+            sandbox.kill()
+
+    def __enter__(self) -> "Manager":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- housekeeping ------------------------------------------------------------
+    def remove_version(self, name: str, n: int) -> None:
+        self.registry.remove_version(name, n)
+        with contextlib.suppress(SnapStartError):
+            self.store.remove(name, n)

@@ -1,0 +1,246 @@
+"""Functions, versions and aliases on disk (under ``SNAPSTART_HOME``).
+
+Layout::
+
+    $SNAPSTART_HOME/
+      functions/<name>/
+        .lock                      flock: version allocation, alias updates
+        latest/config.json         $LATEST: the unpublished function's config
+        latest/code/               $LATEST: its code
+        versions/<n>/code/         immutable copy of the code published as version n
+        versions/<n>/packages/     requirements.txt installed with pip --target (optional)
+        versions/<n>/version.json  {"config": {...}, "snapshot": {...}, "created": t}
+        versions/<n>/.incomplete   present while publishing; such a version is invisible
+        aliases.json               {"alias": n}
+      store/                       the snapshot store (snapstart.store)
+
+A version is visible once ``version.json`` exists and ``.incomplete`` does not; the
+code must live at its final path *before* the checkpoint, because the restored
+processes refer to it by path (cwd, sys.path). Every name is validated with
+Lambda's rules before it becomes a path, so nothing can escape the home.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .config import FunctionConfig, Settings, validate_alias, validate_name
+from .errors import ConfigError, FunctionNotFoundError, InvalidNameError, StoreError
+
+__all__ = ["Registry", "VersionInfo", "LATEST"]
+
+LATEST = "$LATEST"
+_STALE_INCOMPLETE_S = 3600
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: str                 # "1", "2", ... or "$LATEST"
+    config: FunctionConfig
+    code_dir: Path
+    packages_dir: Path | None
+    snapshot: dict | None        # publish facts (None for $LATEST)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+class Registry:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = settings.home / "functions"
+
+    def _fdir(self, name: str) -> Path:
+        return self.root / validate_name(name)
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        fdir = self._fdir(name)
+        fdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(fdir / ".lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # ---- functions ---------------------------------------------------------------
+    def functions(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if (p / "latest" / "config.json").exists())
+
+    def exists(self, name: str) -> bool:
+        return (self._fdir(name) / "latest" / "config.json").exists()
+
+    def set_latest(self, config: FunctionConfig, code_src: Path) -> None:
+        """Create or update $LATEST from a code directory."""
+        code_src = Path(code_src)
+        if not code_src.is_dir():
+            raise ConfigError(f"function code directory {code_src} does not exist")
+        latest = self._fdir(config.name) / "latest"
+        latest.mkdir(parents=True, exist_ok=True, mode=0o700)
+        staging = latest / f".code.{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        _copy_code(code_src, staging)
+        old = latest / "code.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if (latest / "code").exists():
+            os.replace(latest / "code", old)
+        os.replace(staging, latest / "code")
+        shutil.rmtree(old, ignore_errors=True)
+        _write_json(latest / "config.json", config.to_dict())
+
+    def latest(self, name: str) -> VersionInfo:
+        latest = self._fdir(name) / "latest"
+        try:
+            data = json.loads((latest / "config.json").read_text())
+        except FileNotFoundError:
+            raise FunctionNotFoundError(f"Function not found: {self.settings.function_arn(name)}") \
+                from None
+        return VersionInfo(name=name, version=LATEST, config=FunctionConfig.from_dict(data),
+                           code_dir=latest / "code", packages_dir=None, snapshot=None)
+
+    # ---- versions ----------------------------------------------------------------
+    def allocate_version(self, name: str) -> tuple[int, Path]:
+        """Reserve the next version number; its directory is marked incomplete."""
+        with self.lock(name):
+            vroot = self._fdir(name) / "versions"
+            vroot.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._sweep_incomplete(vroot)
+            numbers = [int(p.name) for p in vroot.iterdir() if p.name.isdigit()]
+            n = max(numbers, default=0) + 1
+            vdir = vroot / str(n)
+            vdir.mkdir(mode=0o700)
+            (vdir / ".incomplete").write_text(str(os.getpid()))
+            return n, vdir
+
+    @staticmethod
+    def _sweep_incomplete(vroot: Path) -> None:
+        """Remove versions whose publisher died (crash / Ctrl-C mid-publish)."""
+        for p in vroot.iterdir():
+            marker = p / ".incomplete"
+            if not marker.exists():
+                continue
+            try:
+                pid = int(marker.read_text() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            alive = pid > 0 and Path(f"/proc/{pid}").exists()
+            if not alive or time.time() - marker.stat().st_mtime > _STALE_INCOMPLETE_S:
+                shutil.rmtree(p, ignore_errors=True)
+
+    def commit_version(self, name: str, n: int, config: FunctionConfig, snapshot: dict) -> None:
+        vdir = self._fdir(name) / "versions" / str(n)
+        _write_json(vdir / "version.json", {"config": config.to_dict(), "snapshot": snapshot,
+                                            "created": time.time()})
+        (vdir / ".incomplete").unlink()
+
+    def abort_version(self, name: str, n: int) -> None:
+        shutil.rmtree(self._fdir(name) / "versions" / str(n), ignore_errors=True)
+
+    def versions(self, name: str) -> list[int]:
+        vroot = self._fdir(name) / "versions"
+        if not vroot.is_dir():
+            return []
+        return sorted(int(p.name) for p in vroot.iterdir()
+                      if p.name.isdigit() and (p / "version.json").exists()
+                      and not (p / ".incomplete").exists())
+
+    def version(self, name: str, n: int) -> VersionInfo:
+        vdir = self._fdir(name) / "versions" / str(n)
+        if (vdir / ".incomplete").exists():
+            raise FunctionNotFoundError(f"Function not found: {self.settings.function_arn(name, str(n))}")
+        try:
+            data = json.loads((vdir / "version.json").read_text())
+        except FileNotFoundError:
+            raise FunctionNotFoundError(
+                f"Function not found: {self.settings.function_arn(name, str(n))}") from None
+        packages = vdir / "packages"
+        return VersionInfo(name=name, version=str(n), config=FunctionConfig.from_dict(data["config"]),
+                           code_dir=vdir / "code",
+                           packages_dir=packages if packages.is_dir() else None,
+                           snapshot=data.get("snapshot"))
+
+    def remove_version(self, name: str, n: int) -> None:
+        with self.lock(name):
+            aliases = self.aliases(name)
+            users = [a for a, v in aliases.items() if v == n]
+            if users:
+                raise ConfigError(f"version {n} of {name} is used by alias(es) {', '.join(users)}")
+            vdir = self._fdir(name) / "versions" / str(n)
+            if not (vdir / "version.json").exists():
+                raise FunctionNotFoundError(
+                    f"Function not found: {self.settings.function_arn(name, str(n))}")
+            shutil.rmtree(vdir)
+
+    # ---- aliases -----------------------------------------------------------------
+    def aliases(self, name: str) -> dict[str, int]:
+        try:
+            return json.loads((self._fdir(name) / "aliases.json").read_text())
+        except FileNotFoundError:
+            return {}
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        validate_alias(alias)
+        with self.lock(name):
+            if version not in self.versions(name):
+                raise FunctionNotFoundError(
+                    f"Function not found: {self.settings.function_arn(name, str(version))}")
+            aliases = self.aliases(name)
+            aliases[alias] = version
+            _write_json(self._fdir(name) / "aliases.json", aliases)
+
+    # ---- resolution --------------------------------------------------------------
+    def resolve(self, name: str, qualifier: str | None = None) -> VersionInfo:
+        """NAME with an optional version number, alias or $LATEST.
+
+        No qualifier means the latest published version (or $LATEST if none).
+        """
+        validate_name(name)
+        if not self.exists(name):
+            raise FunctionNotFoundError(f"Function not found: {self.settings.function_arn(name)}")
+        if qualifier is None or qualifier == "":
+            published = self.versions(name)
+            return self.version(name, published[-1]) if published else self.latest(name)
+        if qualifier == LATEST:
+            return self.latest(name)
+        if qualifier.isdigit():
+            return self.version(name, int(qualifier))
+        try:
+            validate_alias(qualifier)
+        except InvalidNameError:
+            raise FunctionNotFoundError(
+                f"Function not found: {self.settings.function_arn(name, qualifier)}") from None
+        aliases = self.aliases(name)
+        if qualifier not in aliases:
+            raise FunctionNotFoundError(
+                f"Function not found: {self.settings.function_arn(name, qualifier)}")
+        return self.version(name, aliases[qualifier])
+
+
+def parse_ref(ref: str) -> tuple[str, str | None]:
+    """``NAME[:QUALIFIER]`` -> (name, qualifier)."""
+    name, _, qualifier = ref.partition(":")
+    return validate_name(name), (qualifier or None)
+
+
+def _copy_code(src: Path, dst: Path) -> None:
+    try:
+        shutil.copytree(src, dst, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".git"))
+    except OSError as exc:
+        raise StoreError(f"cannot copy function code from {src}: {exc}") from exc

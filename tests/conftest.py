@@ -1,0 +1,103 @@
+"""Shared fixtures.
+
+``home``: a temporary SNAPSTART_HOME and a private tmpfs directory (SNAPSTART_SHM),
+removed afterwards. ``manager``: the one factory that owns sandboxes: every clone it
+creates is killed at teardown, and the test fails if any process, or any file
+under its tmpfs directory, is left behind.
+
+Marks ``requires_root`` / ``requires_criu`` skip with a stated reason on a developer
+machine without them; under CI (``CI=true``) nothing skips: a missing requirement
+is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from snapstart.config import FunctionConfig, Settings
+
+FUNCTIONS = Path(__file__).parent / "functions"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _criu_ok() -> str | None:
+    settings = Settings.from_env()
+    from snapstart.checkpoint.criu import Criu
+    try:
+        version = Criu(settings.criu).version()
+    except Exception as exc:
+        return f"no usable CRIU ({exc})"
+    if tuple(int(x) for x in version.split(".")[:2]) < (4, 2):
+        return f"CRIU {version} < 4.2"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reasons = {}
+    if os.geteuid() != 0:
+        reasons["requires_root"] = "needs root (namespaces, CRIU)"
+    criu_problem = _criu_ok()
+    if criu_problem:
+        reasons["requires_criu"] = criu_problem
+    if IN_CI:
+        return  # never skip in CI: let the tests fail loudly instead
+    for item in items:
+        for mark, reason in reasons.items():
+            if item.get_closest_marker(mark):
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _children() -> set[int]:
+    pid = os.getpid()
+    try:
+        return {int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    shm = Path("/dev/shm") / f"snapstart-test-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("SNAPSTART_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SNAPSTART_SHM", str(shm))
+    yield Settings.from_env()
+    shutil.rmtree(shm, ignore_errors=True)
+
+
+@pytest.fixture
+def settings(home):
+    return home
+
+
+@pytest.fixture
+def manager(settings):
+    from snapstart.manager import Manager
+
+    before = _children()
+    mgr = Manager(settings)
+    yield mgr
+    mgr.close()
+    leftover = _children() - before
+    assert not leftover, f"processes left behind: {sorted(leftover)}"
+    run_dir = settings.shm / "run"
+    assert not run_dir.exists() or not any(run_dir.iterdir()), \
+        f"CRIU work dirs left behind: {list(run_dir.iterdir())}"
+    staging = settings.shm / "staging"
+    assert not staging.exists() or not any(staging.iterdir()), "publish staging left behind"
+
+
+def fn_config(name: str, handler: str = "app.handler", **kw) -> FunctionConfig:
+    return FunctionConfig(name=name, handler=handler, **kw)
+
+
+@pytest.fixture
+def publish(manager):
+    """publish("hello") -> PublishResult, from tests/functions/<dir>."""
+    def _publish(directory: str, name: str | None = None, **kw):
+        return manager.publish(FUNCTIONS / directory, fn_config(name or directory, **kw))
+    return _publish

@@ -1,0 +1,28 @@
+"""A stdlib-only function: proves init ran once and clones are unique."""
+import os
+import random
+import time
+import uuid
+
+INIT_AT = time.time()
+INIT_PID = os.getpid()
+COUNTER = {"n": 0}
+print("hello: init ran")
+
+
+def handler(event, context):
+    COUNTER["n"] += 1
+    print(f"hello: handling {event!r}")
+    return {
+        "init_at": INIT_AT,
+        "calls": COUNTER["n"],
+        "urandom": os.urandom(16).hex(),
+        "random": random.random(),
+        "uuid4": str(uuid.uuid4()),
+        "event": event,
+        "request_id": context.aws_request_id,
+        "function_version": context.function_version,
+        "init_type": os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE"),
+        "netns": os.stat("/proc/self/ns/net").st_ino,
+        "pid1": open("/proc/1/comm").read().strip(),
+    }

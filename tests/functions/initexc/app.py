@@ -1,0 +1,3 @@
+raise RuntimeError("init exploded")
+def handler(e, c):
+    return 1

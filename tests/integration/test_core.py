@@ -1,0 +1,155 @@
+"""Core: publish into a CRIU snapshot, invoke restored / warm / cold (real CRIU,
+real awslambdaric, real namespaces, as root)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+
+from snapstart.errors import FunctionNotFoundError, PublishError
+
+pytestmark = [pytest.mark.requires_root, pytest.mark.requires_criu]
+
+
+def _payload(result) -> dict:
+    return json.loads(result.payload)
+
+
+def test_publish_then_restored_invoke_runs_init_once(manager, publish):
+    pub = publish("hello")
+    assert pub.version == 1 and pub.image_bytes > 1_000_000
+    assert pub.init_duration_ms > 0 and pub.dump_duration_ms > 0
+    first = manager.invoke("hello", b'{"k": 1}', force_new=True)
+    second = manager.invoke("hello", b'{"k": 2}', force_new=True)
+    a, b = _payload(first), _payload(second)
+    assert first.start_type == second.start_type == "restored"
+    assert first.function_error is None and a["event"] == {"k": 1}
+    # init ran once, at publish: both clones carry the same init timestamp and pid
+    assert a["init_at"] == b["init_at"]
+    assert a["calls"] == b["calls"] == 1
+    assert a["init_type"] == "snap-start" and a["function_version"] == "1"
+    assert a["pid1"] == "python" or a["pid1"].startswith("python")
+    assert first.restore_duration_ms is not None and first.restore_duration_ms > 0
+    assert b"init ran" not in first.logs  # init output belongs to publish, not to a restore
+
+
+def test_warm_reuse_hits_same_clone(manager, publish):
+    publish("hello")
+    first = manager.invoke("hello", b"{}")
+    second = manager.invoke("hello", b"{}")
+    assert (first.start_type, second.start_type) == ("restored", "warm")
+    a, b = _payload(first), _payload(second)
+    assert a["netns"] == b["netns"] and b["calls"] == 2
+    assert manager.idle_count("hello") == 1
+
+
+def test_eight_concurrent_clones_isolated_and_unique(manager, publish):
+    publish("netprobe")
+    host = socket.socket()
+    host.bind(("127.0.0.1", 0))
+    host.listen(8)
+    port = host.getsockname()[1]
+    try:
+        results = manager.invoke_clones("netprobe", 8, json.dumps({"host_port": port}).encode())
+    finally:
+        host.close()
+    assert all(not isinstance(r, Exception) for r in results), results
+    outs = [_payload(r) for r in results]
+    assert len({o["netns"] for o in outs}) == 8
+    assert os.stat("/proc/self/ns/net").st_ino not in {o["netns"] for o in outs}
+    assert all(o["bind"] == "ok" for o in outs)          # same port in every clone
+    assert all(o["host_connect"] != "connected" for o in outs)
+    assert all(o["links"] == ["lo"] for o in outs)
+
+
+def test_clones_get_distinct_randomness(manager, publish):
+    publish("hello")
+    results = manager.invoke_clones("hello", 6)
+    outs = [_payload(r) for r in results]
+    for key in ("urandom", "random", "uuid4"):
+        values = [o[key] for o in outs]
+        assert len(set(values)) == len(values), f"{key} repeated across clones: {values}"
+    assert len({o["init_at"] for o in outs}) == 1
+
+
+def test_hook_order_and_once_per_phase(manager, publish):
+    publish("hooks")
+    r1 = manager.invoke("hooks", force_new=True)
+    r2 = manager.invoke("hooks", force_new=True)
+    # before-snapshot LIFO once at publish, after-restore FIFO on every restore
+    assert _payload(r1)["order"] == ["b2", "b1", "a1", "a2"]
+    assert _payload(r2)["order"] == ["b2", "b1", "a1", "a2"]
+    assert b"hook a1" in r1.logs and b"hook b1" not in r1.logs
+
+
+def test_after_restore_failure_discards_clone(manager, publish):
+    publish("restorefail")
+    result = manager.invoke("restorefail")
+    assert result.function_error == "Unhandled"
+    err = _payload(result)
+    assert err["errorType"] == "Runtime.AfterRestoreError"
+    assert manager.idle_count("restorefail") == 0
+
+
+@pytest.mark.parametrize("directory,handler,error_type", [
+    ("importerror", "app.handler", "Runtime.ImportModuleError"),
+    ("syntaxerror", "app.handler", "Runtime.UserCodeSyntaxError"),
+    ("hello", "app.missing", "Runtime.HandlerNotFound"),
+    ("initexc", "app.handler", "RuntimeError"),
+    ("badhook", "app.handler", "Runtime.BeforeSnapshotError"),
+])
+def test_init_failures_fail_publish_with_runtime_error_type(manager, publish, directory,
+                                                            handler, error_type):
+    with pytest.raises(PublishError) as info:
+        publish(directory, name="broken", handler=handler)
+    assert info.value.error_type == error_type
+    assert manager.registry.versions("broken") == []          # nothing half-published
+    assert manager.store.versions("broken") == []
+
+
+def test_function_error_shape(manager, publish):
+    publish("errors")
+    result = manager.invoke("errors", b'{"action": "raise"}')
+    assert result.function_error == "Unhandled"
+    err = _payload(result)
+    assert err["errorType"] == "CustomError"
+    assert err["errorMessage"] == "something went wrong"
+    assert isinstance(err["stackTrace"], list)
+    ok = manager.invoke("errors", b'{"action": "none"}')       # the clone survived
+    assert ok.function_error is None and ok.start_type == "warm"
+
+
+def test_runtime_crash_and_timeout_are_lambda_errors(manager, publish):
+    publish("errors", timeout_s=1)
+    crash = manager.invoke("errors", b'{"action": "exit"}')
+    assert crash.function_error == "Unhandled"
+    assert _payload(crash)["errorType"] == "Runtime.ExitError"
+    slow = manager.invoke("errors", b'{"action": "sleep", "seconds": 5}')
+    assert _payload(slow)["errorType"] == "Sandbox.Timedout"
+    assert "Task timed out after 1.00 seconds" in _payload(slow)["errorMessage"]
+    after = manager.invoke("errors", b'{"action": "none"}')
+    assert after.function_error is None and after.start_type == "restored"
+
+
+def test_cold_start_without_snapshot(manager, publish):
+    publish("hello")
+    cold = manager.invoke("hello", no_snapshot=True, force_new=True)
+    assert cold.start_type == "cold" and cold.init_duration_ms > 0
+    assert _payload(cold)["init_type"] == "on-demand"
+    latest = manager.invoke("hello", qualifier="$LATEST", force_new=True)
+    assert latest.start_type == "cold"
+
+
+def test_versions_and_aliases(manager, publish):
+    assert publish("hello").version == 1
+    assert publish("hello").version == 2
+    manager.registry.set_alias("hello", "live", 1)
+    result = manager.invoke("hello", qualifier="live", force_new=True)
+    assert _payload(result)["function_version"] == "1"
+    with pytest.raises(FunctionNotFoundError):
+        manager.invoke("hello", qualifier="nope")
+    with pytest.raises(FunctionNotFoundError):
+        manager.invoke("missing-function")
