@@ -125,11 +125,13 @@ def _report(result, version: str, memory_mb: int) -> None:
 @click.option("--no-snapshot", is_flag=True, help="Full cold init instead of a restore.")
 @click.option("--clones", type=click.IntRange(1, 256), default=None,
               help="Restore N clones at once and invoke each once.")
+@click.option("--repeat", type=click.IntRange(1, 10000), default=1, show_default=True,
+              help="Invoke N times in a row on one manager (the first restores, then warm).")
 @click.option("--endpoint", envvar="SNAPSTART_ENDPOINT", default=None,
               help="Invoke through a `snapstart serve` endpoint.")
 @click.option("--json", "as_json", is_flag=True)
 def invoke(ref: str, payload: str | None, payload_file, log_type: str, no_snapshot: bool,
-           clones: int | None, endpoint: str | None, as_json: bool) -> None:
+           clones: int | None, repeat: int, endpoint: str | None, as_json: bool) -> None:
     """Invoke a function: restored from its snapshot by default."""
     from .registry import parse_ref
 
@@ -148,7 +150,7 @@ def invoke(ref: str, payload: str | None, payload_file, log_type: str, no_snapsh
                 results = manager.invoke_clones(name, clones, body, qualifier=qualifier)
             else:
                 results = [manager.invoke(name, body, qualifier=qualifier,
-                                          no_snapshot=no_snapshot)]
+                                          no_snapshot=no_snapshot) for _ in range(repeat)]
     rows = []
     failures = 0
     for result in results:
@@ -166,7 +168,7 @@ def invoke(ref: str, payload: str | None, payload_file, log_type: str, no_snapsh
                 click.echo(row["logs"], err=True, nl=False)
         rows.append(row)
     if as_json:
-        click.echo(json.dumps(rows if clones else rows[0]))
+        click.echo(json.dumps(rows if (clones or repeat > 1) else rows[0]))
     else:
         for result in results:
             if not isinstance(result, SnapStartError):

@@ -60,6 +60,19 @@ def _children() -> set[int]:
         return set()
 
 
+def _describe(pids: set[int]) -> list[str]:
+    out = []
+    for pid in sorted(pids):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            state = " ".join(line for line in status if line.startswith(("Name:", "State:", "PPid:", "NSpid:")))
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+            out.append(f"{pid} {state} {cmd}")
+        except OSError:
+            out.append(f"{pid} (gone)")
+    return out
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     shm = Path("/dev/shm") / f"snapstart-test-{uuid.uuid4().hex[:12]}"
@@ -83,7 +96,7 @@ def manager(settings):
     yield mgr
     mgr.close()
     leftover = _children() - before
-    assert not leftover, f"processes left behind: {sorted(leftover)}"
+    assert not leftover, f"processes left behind: {_describe(leftover)}"
     run_dir = settings.shm / "run"
     assert not run_dir.exists() or not any(run_dir.iterdir()), \
         f"CRIU work dirs left behind: {list(run_dir.iterdir())}"

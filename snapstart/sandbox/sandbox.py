@@ -437,13 +437,17 @@ class Sandbox:
             except ProcessLookupError:
                 pass
             if self.proc is not None:
-                self.proc.kill()
-                self.proc.wait()
-            else:
+                # unshare reaps the agent and exits by itself. Killing unshare first
+                # would reparent the dying agent to us (we are a subreaper).
                 try:
-                    os.waitpid(self.pid, 0)
-                except ChildProcessError:
-                    pass
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            try:
+                os.waitpid(self.pid, 0)       # restored clones, or a reparented agent
+            except ChildProcessError:
+                pass
             for sock in (self.ctl,):
                 try:
                     sock.close()

@@ -24,5 +24,7 @@ def handler(event, context):
         "function_version": context.function_version,
         "init_type": os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE"),
         "netns": os.stat("/proc/self/ns/net").st_ino,
-        "pid1": open("/proc/1/comm").read().strip(),
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "pidns": os.stat("/proc/self/ns/pid").st_ino,
     }

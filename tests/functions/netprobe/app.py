@@ -20,5 +20,5 @@ def handler(event, context):
         out["host_connect"] = "connected"
     except OSError as exc:
         out["host_connect"] = type(exc).__name__
-    out["links"] = sorted(os.listdir("/sys/class/net"))
+    out["links"] = sorted(name for _, name in socket.if_nameindex())
     return out
