@@ -36,7 +36,7 @@ class RuntimeSpec:
 
 def runtime_spec(config: FunctionConfig, settings: Settings, *, code_dir: Path,
                  packages_dir: Path | None, version: str, snap_start: bool,
-                 log_stream: str = "") -> RuntimeSpec:
+                 log_stream: str = "", hash_seed: int | None = None) -> RuntimeSpec:
     init_type = "snap-start" if snap_start else "on-demand"
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -65,6 +65,8 @@ def runtime_spec(config: FunctionConfig, settings: Settings, *, code_dir: Path,
         env["PYTHONPATH"] = ":".join(path)
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONDONTWRITEBYTECODE"] = "1"
+        if hash_seed is not None:
+            env["PYTHONHASHSEED"] = str(hash_seed)
         argv = [sys.executable, "-m", "awslambdaric", config.handler]
     else:  # pragma: no cover - FunctionConfig refuses unknown runtimes
         raise ValueError(config.runtime)

@@ -142,9 +142,17 @@ class Sandbox:
 
     # ---- creation ----------------------------------------------------------------
     @classmethod
-    def spawn(cls, spec: RuntimeSpec, *, name: str = "sandbox",
+    def spawn(cls, spec: RuntimeSpec, *, name: str = "sandbox", deterministic: bool = False,
+              hash_seed: int | None = None,
               log_sink: Callable[[bytes], None] | None = None) -> "Sandbox":
-        """Start a cold sandbox: new namespaces, the agent, then the runtime (init)."""
+        """Start a cold sandbox: new namespaces, the agent, then the runtime (init).
+
+        ``deterministic`` (publish): address-space randomization off for the tree, so
+        two publishes of one function lay out memory alike and their snapshots
+        deduplicate. Every clone of a snapshot shares its layout anyway (as on
+        Lambda SnapStart); cold sandboxes keep ASLR. ``hash_seed`` fixes the agent's
+        PYTHONHASHSEED for the same reason.
+        """
         netns = new_netns()
         nsenter, unshare = shutil.which("nsenter"), shutil.which("unshare")
         if not nsenter or not unshare:
@@ -152,10 +160,15 @@ class Sandbox:
             raise SandboxError("nsenter/unshare (util-linux) not found on PATH")
         agent_fd = netns.agent_sock.fileno()
         argv = [nsenter, f"--net=/proc/self/fd/{netns.fd}", unshare, "--pid", "--time",
-                "--ipc", "--uts", "--fork", "--", sys.executable, "-m", "bootstrap.agent",
-                "--ctl-fd", str(agent_fd)]
+                "--ipc", "--uts", "--fork", "--"]
+        if deterministic:
+            argv += [shutil.which("setarch") or "setarch", os.uname().machine, "-R"]
+        argv += [sys.executable, "-m", "bootstrap.agent", "--ctl-fd", str(agent_fd)]
         try:
-            proc = subprocess.Popen(argv, pass_fds=(netns.fd, agent_fd), env=_agent_env(),
+            env = _agent_env()
+            if hash_seed is not None:
+                env["PYTHONHASHSEED"] = str(hash_seed)
+            proc = subprocess.Popen(argv, pass_fds=(netns.fd, agent_fd), env=env,
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, cwd="/")
         except OSError as exc:
