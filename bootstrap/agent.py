@@ -181,6 +181,10 @@ class Agent:
         if self.restore_waiter is not None:
             conn, self.restore_waiter = self.restore_waiter, None
             self._respond(conn, 200, b"")
+        elif self.init_done:
+            # Checkpointed while parked in GET /invocation/next (runtimes without
+            # restore/next support): the clone is ready as soon as it is resumed.
+            self.emit({"op": "ready"})
 
     # ---- runtime output -----------------------------------------------------------
     def _drain_logs(self) -> None:

@@ -28,6 +28,9 @@ class RuntimeSpec:
     env: dict[str, str]
     cwd: str
     init_type: str
+    # Checkpoint at the runtime's first GET /invocation/next instead of at
+    # GET /restore/next: for runtimes without SnapStart support (``provided``).
+    snapshot_on_next: bool = False
 
     def to_frame(self) -> dict:
         return {"op": "start", "argv": self.argv, "env": self.env, "cwd": self.cwd,

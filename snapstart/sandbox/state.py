@@ -6,6 +6,8 @@
                      |             |        |
                      v             v        v
                 SNAPSHOTTING --> DEAD <-----+
+                     ^             |
+                     +-------------+   (runtimes checkpointed at their first GET /next)
     RESTORING --> IDLE           ^
         |                        |
         +------------------------+      (any state may go to DRAINING, then DEAD)
@@ -42,7 +44,7 @@ TRANSITIONS: dict[SandboxState, frozenset[SandboxState]] = {
     S.INITIALIZING: frozenset({S.IDLE, S.SNAPSHOTTING, S.DRAINING, S.DEAD}),
     S.SNAPSHOTTING: frozenset({S.DEAD, S.DRAINING}),
     S.RESTORING: frozenset({S.IDLE, S.DRAINING, S.DEAD}),
-    S.IDLE: frozenset({S.BUSY, S.DRAINING, S.DEAD}),
+    S.IDLE: frozenset({S.BUSY, S.SNAPSHOTTING, S.DRAINING, S.DEAD}),
     S.BUSY: frozenset({S.IDLE, S.DRAINING, S.DEAD}),
     S.DRAINING: frozenset({S.DEAD}),
     S.DEAD: frozenset(),

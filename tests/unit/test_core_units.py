@@ -95,8 +95,8 @@ def test_state_machine_allows_only_listed_transitions():
     life.to(SandboxState.BUSY)
     life.to(SandboxState.IDLE)
     with pytest.raises(InvalidTransition) as info:
-        life.to(SandboxState.SNAPSHOTTING)
-    assert "IDLE" in str(info.value) and "SNAPSHOTTING" in str(info.value)
+        life.to(SandboxState.RESTORING)
+    assert "IDLE" in str(info.value) and "RESTORING" in str(info.value)
     life.to(SandboxState.DEAD)
     assert TRANSITIONS[SandboxState.DEAD] == frozenset()
     assert not life.try_to(SandboxState.IDLE)
