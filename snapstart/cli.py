@@ -143,7 +143,7 @@ def invoke(ref: str, payload: str | None, payload_file, log_type: str, no_snapsh
         version, memory = results[0].executed_version, 0
     else:
         from .manager import Manager
-        with Manager(_settings(), keep_warm=False) as manager:
+        with Manager(_settings(), keep_warm=repeat > 1) as manager:
             info = manager.registry.resolve(name, qualifier)
             version, memory = info.version, info.config.memory_mb
             if clones:
@@ -215,6 +215,70 @@ def functions_cmd(as_json: bool) -> None:
             click.echo(f"{row['name']}\tversions={row['versions']}\taliases={row['aliases']}")
 
 
+@main.group()
+def snapshots() -> None:
+    """Inspect and maintain the snapshot store."""
+
+
+def _store():
+    from .store import LocalStore
+    return LocalStore.from_settings(_settings())
+
+
+@snapshots.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+def snapshots_ls(as_json: bool) -> None:
+    """Per version: logical size, stored size, compression ratio, bytes shared."""
+    rows = _store().stats()
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    click.echo(f"{'FUNCTION:VERSION':28} {'LOGICAL':>10} {'STORED':>10} {'RATIO':>6} {'SHARED':>10}")
+    for row in rows:
+        ref = f"{row['name']}:{row['version']}"
+        click.echo(f"{ref:28} {row['logical_bytes'] / 2**20:9.1f}M {row['stored_bytes'] / 2**20:9.1f}M "
+                   f"{row['compression_ratio']:6.2f} {row['shared_bytes'] / 2**20:9.1f}M")
+
+
+@snapshots.command("verify")
+@click.argument("ref", required=False, metavar="[NAME[:VERSION]]")
+def snapshots_verify(ref: str | None) -> None:
+    """Re-hash everything; report damage; exit 1 on any."""
+    from .registry import parse_ref
+    name, version = (parse_ref(ref) if ref else (None, None))
+    if version is not None and not version.isdigit():
+        from .registry import Registry
+        version = Registry(_settings()).resolve(name, version).version
+    damage = _store().verify(name, int(version) if version else None)
+    for line in damage:
+        click.echo(f"DAMAGED {line}")
+    if damage:
+        sys.exit(1)
+    click.echo("ok: every manifest signature and chunk hash verified")
+
+
+@snapshots.command("rm")
+@click.argument("ref", metavar="NAME:VERSION")
+def snapshots_rm(ref: str) -> None:
+    """Remove a published version (its chunks are reclaimed by gc)."""
+    from .errors import ConfigError
+    from .manager import Manager
+    from .registry import parse_ref
+    name, version = parse_ref(ref)
+    if not version or not version.isdigit():
+        raise ConfigError("snapshots rm needs NAME:VERSION with a version number")
+    with Manager(_settings(), keep_warm=False) as manager:
+        manager.remove_version(name, int(version))
+    click.echo(f"removed {name}:{version}")
+
+
+@snapshots.command("gc")
+def snapshots_gc() -> None:
+    """Delete chunks no manifest references (safe during concurrent publishes)."""
+    stats = _store().gc()
+    click.echo(" ".join(f"{k}={v}" for k, v in stats.items()))
+
+
 @main.command()
 def doctor() -> None:
     """Check this machine's requirements (exit 1 if a hard one fails)."""
@@ -229,6 +293,66 @@ def doctor() -> None:
         ok = ok and (check.ok or not check.hard)
     if not ok:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=9000, show_default=True)
+@click.option("--max-concurrency", type=click.IntRange(1, 10000), default=None,
+              help="Account concurrency limit (default: sized to RAM).")
+@click.option("--idle-timeout", type=float, default=300.0, show_default=True,
+              help="Seconds an idle clone is kept before it is shut down.")
+@click.option("--max-lifetime", type=float, default=7200.0, show_default=True,
+              help="Seconds after which a clone is recycled.")
+@click.option("--event-retries", type=click.IntRange(0, 2), default=2, show_default=True,
+              help="Retries of a failed Event invocation.")
+@click.option("--event-backoff", type=float, default=60.0, show_default=True,
+              help="Seconds before the first retry (doubles each time).")
+def serve(host: str, port: int, max_concurrency: int | None, idle_timeout: float,
+          max_lifetime: float, event_retries: int, event_backoff: float) -> None:
+    """Serve Lambda's Invoke API (boto3 / aws-cli with --endpoint-url)."""
+    from .invoke_api.server import ServeOptions, serve as run_server
+    run_server(ServeOptions(host=host, port=port, max_concurrency=max_concurrency,
+                            idle_timeout_s=idle_timeout, max_lifetime_s=max_lifetime,
+                            event_retries=event_retries, event_backoff_s=event_backoff),
+               _settings())
+
+
+@main.command()
+@click.argument("name")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")
+@click.option("--since", type=float, default=None, help="Only lines of the last SECONDS.")
+def logs(name: str, follow: bool, since: float | None) -> None:
+    """Print a function's logs (START/END/REPORT and its output)."""
+    from .logs import follow as follow_lines, read_lines
+    home = _settings().home
+    for line in read_lines(home, name, since_s=since):
+        click.echo(line)
+    if follow:
+        for line in follow_lines(home, name):
+            click.echo(line)
+
+
+@main.group()
+def events() -> None:
+    """Queued and failed asynchronous (Event) invocations."""
+
+
+@events.command("ls")
+@click.option("--failed", is_flag=True, help="The failed-events (dead letter) table.")
+@click.option("--json", "as_json", is_flag=True)
+def events_ls(failed: bool, as_json: bool) -> None:
+    from .events import EventStore
+    store = EventStore(_settings().home / "events.db")
+    rows = [r.to_dict() for r in (store.failed() if failed else store.pending())]
+    store.close()
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        qual = f":{row['qualifier']}" if row["qualifier"] else ""
+        extra = row["error"] or ""
+        click.echo(f"{row['id']}\t{row['function']}{qual}\tattempts={row['attempts']}\t{extra}")
 
 
 def _b64(data: bytes) -> str:  # pragma: no cover - used by serve/logs

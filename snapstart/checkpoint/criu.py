@@ -37,6 +37,7 @@ __all__ = ["Criu", "DumpResult"]
 
 NETNS_KEY = "netns"
 _NETWORK_LOCK_SKIP = 3
+_CG_IGNORE = 0   # cgroups are the manager's: restored tasks inherit criu's own group
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class Criu:
         client.use_binary(self.binary)
         client.opts.network_lock = _NETWORK_LOCK_SKIP
         client.opts.tcp_established = True
+        client.opts.manage_cgroups_mode = _CG_IGNORE
         client.opts.log_level = 2
         return client
 
@@ -130,8 +132,12 @@ class Criu:
         return DumpResult(image_bytes=size)
 
     def restore(self, images_dir: Path, work_dir: Path, *, netns_fd: int, ctl_fd: int,
-                ctl_inode: int) -> int:
-        """Restore a clone; return the host pid of its root (a child of this process)."""
+                ctl_inode: int, cgroup=None) -> int:
+        """Restore a clone; return the host pid of its root (a child of this process).
+
+        With ``cgroup``, ``criu swrk`` is started, moved into that group and only then
+        asked to restore, so every restored task is born inside the clone's limits.
+        """
         import pycriu
 
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -152,6 +158,10 @@ class Criu:
             ifd = opts.inherit_fd.add()
             ifd.key, ifd.fd = f"socket:[{ctl_inode}]", ctl_fd
             try:
+                if cgroup is not None:
+                    # pycriu connects lazily; connect now so swrk can join the group
+                    client.sk = client._comm.connect(False)
+                    cgroup.add(client._comm.swrk)
                 resp = client.restore()
             except pycriu.CRIUExceptionExternal as exc:
                 raise RestoreError("CRIU could not restore the snapshot", request="restore",

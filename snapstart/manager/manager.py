@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -37,6 +39,7 @@ from typing import Callable
 from ..checkpoint.criu import Criu
 from ..config import FunctionConfig, Settings
 from ..errors import (AfterRestoreError, CheckpointError, ConfigError, InitError,
+                      OutOfMemoryError,
                       PayloadError, PublishError, RestoreError, RuntimeExitError,
                       SandboxError, SandboxTimeoutError, SnapshotError, SnapStartError,
                       StoreError, ThrottledError)
@@ -44,6 +47,7 @@ from ..registry import LATEST, Registry, VersionInfo
 from ..runtimes import runtime_spec
 from ..sandbox.sandbox import InvokeRequest, InvokeResult, Sandbox
 from ..sandbox.state import SandboxState
+from .limits import ConcurrencyLimits
 
 __all__ = ["Manager", "PublishResult", "MAX_SYNC_PAYLOAD"]
 
@@ -93,6 +97,13 @@ class Manager:
         self._all: set[Sandbox] = set()
         self._active = 0
         self._closed = False
+        # reserved concurrency (limits.py) and provisioned clones (set_provisioned)
+        self.limits = ConcurrencyLimits(self.max_concurrency,
+                                        path=self.settings.home / "concurrency.json")
+        self._provisioned: dict[tuple[str, str], int] = {}
+        self._prov_members: dict[tuple[str, str], set[Sandbox]] = {}
+        self._housekeeper: threading.Thread | None = None
+        self._stop = threading.Event()
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self.settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.settings.shm / "run").mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -115,11 +126,14 @@ class Manager:
             shutil.copytree(self.registry.latest(config.name).code_dir, vdir / "code",
                             symlinks=True)
             packages = self._install_requirements(vdir)
+            seed = self._hash_seed(config.name)
             spec = runtime_spec(config, self.settings, code_dir=vdir / "code",
                                 packages_dir=packages, version=str(n), snap_start=True,
-                                log_stream=f"publish/{n}")
+                                log_stream=f"publish/{n}", hash_seed=seed)
             t0 = time.monotonic()
             sandbox = self._track(Sandbox.spawn(spec, name=f"{config.name}:{n}:publish",
+                                                deterministic=True, hash_seed=seed,
+                                                memory_mb=config.memory_mb,
                                                 log_sink=self._sink(config.name, "publish")))
             try:
                 kind = sandbox.wait_init(init_timeout_s)
@@ -127,7 +141,7 @@ class Manager:
                 raise PublishError(f"init failed: {exc.error_type}: {exc.message}",
                                    error_type=exc.error_type) from exc
             init_ms = (time.monotonic() - t0) * 1000
-            if kind != "snapshot":
+            if kind != "snapshot" and not spec.snapshot_on_next:
                 sandbox.kill()
                 raise PublishError("the runtime asked for an invocation instead of calling "
                                    "GET /runtime/restore/next; it does not support snap-start")
@@ -158,6 +172,12 @@ class Manager:
             raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _hash_seed(self, name: str) -> int:
+        """A per-function PYTHONHASHSEED: stable across versions (so snapshots of two
+        versions deduplicate), secret (derived from the store's key)."""
+        digest = hmac.new(self.store.key, b"pythonhashseed:" + name.encode(), hashlib.sha256)
+        return int.from_bytes(digest.digest()[:4], "little")
 
     def _stored_bytes(self, name: str, n: int) -> int:
         for row in self.store.stats():
@@ -191,11 +211,11 @@ class Manager:
                                                            if info.version != LATEST else None),
                             timeout_s=info.config.timeout_s, trace_id=trace_id,
                             client_context=client_context)
-        self._acquire()
+        self._acquire(info.name)
         try:
             return self._dispatch(info, req, no_snapshot=no_snapshot, force_new=force_new)
         finally:
-            self._release()
+            self._release(info.name)
 
     @staticmethod
     def _check_payload(payload: bytes) -> None:
@@ -207,18 +227,27 @@ class Manager:
         except (ValueError, UnicodeDecodeError) as exc:
             raise PayloadError(f"Could not parse request body into json: {exc}") from None
 
-    def _acquire(self) -> None:
+    def _acquire(self, name: str | None = None) -> None:
         with self._lock:
             if self._closed:
                 raise SandboxError("manager is closed")
             if self._active >= self.max_concurrency:
                 raise ThrottledError("Rate Exceeded.",
                                      reason="ConcurrentInvocationLimitExceeded")
+            if name is not None:
+                self.limits.acquire(name)     # reserved concurrency; raises ThrottledError
             self._active += 1
 
-    def _release(self) -> None:
+    def _release(self, name: str | None = None) -> None:
         with self._lock:
             self._active -= 1
+            if name is not None:
+                self.limits.release(name)
+
+    @property
+    def active(self) -> int:
+        """Invocations running now (concurrent executions)."""
+        return self._active
 
     def _dispatch(self, info: VersionInfo, req: InvokeRequest, *, no_snapshot: bool,
                   force_new: bool) -> InvokeResult:
@@ -260,6 +289,7 @@ class Manager:
             sandbox = Sandbox.restore(self.criu, images, work,
                                       ctl_inode=int(info.snapshot["ctl_inode"]),
                                       name=f"{info.name}:{info.version}",
+                                      memory_mb=info.config.memory_mb,
                                       log_sink=self._sink(info.name, info.version))
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -272,6 +302,7 @@ class Manager:
                             snap_start=False)
         t0 = time.monotonic()
         sandbox = self._track(Sandbox.spawn(spec, name=f"{info.name}:{info.version}",
+                                            memory_mb=info.config.memory_mb,
                                             log_sink=self._sink(info.name, info.version)))
         logs = bytearray()
         try:
@@ -301,7 +332,7 @@ class Manager:
             return InvokeResult(request_id=req.request_id,
                                 payload=json.dumps(exc.to_lambda()).encode(),
                                 function_error="Unhandled", duration_ms=0.0, start_type=start_type)
-        except (SandboxTimeoutError, AfterRestoreError) as exc:
+        except (SandboxTimeoutError, AfterRestoreError, OutOfMemoryError) as exc:
             self._untrack(sandbox)
             return InvokeResult(request_id=req.request_id,
                                 payload=json.dumps(exc.to_lambda()).encode(),
@@ -347,6 +378,8 @@ class Manager:
         sandbox.kill()
         with self._lock:
             self._all.discard(sandbox)
+            for members in self._prov_members.values():
+                members.discard(sandbox)
 
     def _pop_idle(self, key: tuple[str, str]) -> Sandbox | None:
         with self._lock:
@@ -366,6 +399,7 @@ class Manager:
             return sum(len(v) for k, v in self._idle.items() if name is None or k[0] == name)
 
     def close(self) -> None:
+        self._stop.set()
         with self._lock:
             self._closed = True
             sandboxes = list(self._all)
@@ -385,3 +419,150 @@ class Manager:
         self.registry.remove_version(name, n)
         with contextlib.suppress(SnapStartError):
             self.store.remove(name, n)
+
+    # ---- provisioned concurrency -------------------------------------------------
+    def set_provisioned(self, name: str, qualifier: str | None, n: int, *,
+                        wait_s: float = 0.0) -> str:
+        """Keep ``n`` clones of a published version restored and idle (start_type warm).
+
+        Returns the version. With ``wait_s`` the missing clones are restored in this
+        thread (up to that long); the housekeeper replenishes them later either way.
+        """
+        info = self.registry.resolve(name, qualifier)
+        if info.version == LATEST or not info.snapshot:
+            raise ConfigError("Provisioned Concurrency Configs cannot be applied to unpublished "
+                              "function versions ($LATEST)")
+        if not isinstance(n, int) or n < 0:
+            raise ConfigError("ProvisionedConcurrentExecutions must be a non-negative integer")
+        key = (info.name, info.version)
+        with self._lock:
+            if n == 0:
+                self._provisioned.pop(key, None)
+                members = self._prov_members.pop(key, set())
+            else:
+                self._provisioned[key] = n
+                self._prov_members.setdefault(key, set())
+                members = set()
+        for sandbox in members:           # un-provisioned clones become plain idle clones
+            sandbox.last_used = time.monotonic()
+        if wait_s > 0 and n > 0:
+            self._replenish(key, deadline=time.monotonic() + wait_s)
+        return info.version
+
+    def provisioned_status(self, name: str, version: str) -> tuple[int, int, int]:
+        """(requested, allocated, available) clones of one version."""
+        key = (name, version)
+        with self._lock:
+            members = self._prov_members.get(key, set())
+            idle = set(self._idle.get(key, []))
+            return (self._provisioned.get(key, 0), len(members),
+                    sum(1 for s in members if s in idle))
+
+    def provisioned_ready(self) -> int:
+        with self._lock:
+            return sum(len(m) for m in self._prov_members.values())
+
+    def _replenish(self, key: tuple[str, str], *, deadline: float | None = None) -> None:
+        while not self._closed:
+            with self._lock:
+                want = self._provisioned.get(key, 0) - len(self._prov_members.get(key, ()))
+            if want <= 0 or (deadline is not None and time.monotonic() > deadline):
+                return
+            try:
+                info = self.registry.version(key[0], int(key[1]))
+                sandbox = self._prewarm(info)
+            except SnapStartError as exc:
+                log.warning("provisioned clone of %s:%s failed: %s", key[0], key[1], exc.message)
+                return
+            with self._lock:
+                if self._closed or key not in self._provisioned:
+                    extra = True
+                else:
+                    extra = False
+                    self._prov_members[key].add(sandbox)
+                    self._idle.setdefault(key, []).append(sandbox)
+            if extra:
+                self._untrack(sandbox)
+
+    def _prewarm(self, info: VersionInfo) -> Sandbox:
+        """Restore a clone and resume it (after-restore hooks) without an event: IDLE."""
+        from bootstrap import protocol
+
+        sandbox = self._restore(info)
+        try:
+            protocol.send(sandbox.ctl, {"op": "resume"})
+            deadline = time.monotonic() + 30.0
+            while True:
+                msg = sandbox._recv(deadline)
+                op = msg["op"]
+                if op == "log":
+                    sandbox._log(msg["data"], None)
+                elif op == "ready":
+                    sandbox.lifecycle.to(SandboxState.IDLE)
+                    sandbox.last_used = time.monotonic()
+                    return sandbox
+                elif op == "restore_error":
+                    raise AfterRestoreError("an after-restore hook failed")
+                elif op in ("exit", "fatal"):
+                    raise RuntimeExitError("the runtime exited while resuming")
+        except SnapStartError:
+            self._untrack(sandbox)
+            raise
+        except Exception as exc:
+            self._untrack(sandbox)
+            raise SandboxError(f"cannot resume a provisioned clone: {exc}") from exc
+        except BaseException:
+            self._untrack(sandbox)
+            raise
+
+    # ---- housekeeping thread -------------------------------------------------------
+    def start_housekeeping(self, *, idle_timeout_s: float = 300.0,
+                           max_lifetime_s: float = 7200.0, interval_s: float = 1.0) -> None:
+        """Reap idle clones, recycle old ones, keep provisioned clones topped up."""
+        if self._housekeeper is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.housekeep_once(idle_timeout_s=idle_timeout_s,
+                                        max_lifetime_s=max_lifetime_s)
+                except Exception:  # noqa: BLE001 - the thread must survive anything
+                    log.exception("housekeeping failed")
+
+        self._housekeeper = threading.Thread(target=loop, name="snapstart-housekeeper",
+                                             daemon=True)
+        self._housekeeper.start()
+
+    def housekeep_once(self, *, idle_timeout_s: float, max_lifetime_s: float) -> int:
+        """One pass; returns how many clones were shut down."""
+        now = time.monotonic()
+        doomed: list[Sandbox] = []
+        with self._lock:
+            provisioned = set().union(*self._prov_members.values()) \
+                if self._prov_members else set()
+            for key, pool in self._idle.items():
+                keep = []
+                for sandbox in pool:
+                    old = now - sandbox.created > max_lifetime_s
+                    idle = (sandbox not in provisioned
+                            and now - sandbox.last_used > idle_timeout_s)
+                    if old or idle or not sandbox.alive or _pid_dead(sandbox.pid):
+                        doomed.append(sandbox)
+                    else:
+                        keep.append(sandbox)
+                pool[:] = keep
+            keys = list(self._provisioned)
+        for sandbox in doomed:
+            self._untrack(sandbox)
+        for key in keys:
+            self._replenish(key)
+        return len(doomed)
+
+
+def _pid_dead(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True

@@ -37,9 +37,10 @@ from bootstrap import protocol
 
 from ..checkpoint.criu import Criu, DumpResult
 from ..config import PROJECT_ROOT
-from ..errors import (AfterRestoreError, InitError, RuntimeExitError, SandboxError,
-                      SandboxTimeoutError)
+from ..errors import (AfterRestoreError, InitError, OutOfMemoryError, RuntimeExitError,
+                      SandboxError, SandboxTimeoutError)
 from ..runtimes import RuntimeSpec
+from .cgroups import Cgroup
 from .netns import NetNs, new_netns
 from .state import Lifecycle, SandboxState
 
@@ -124,7 +125,7 @@ def _error_fields(body: bytes, header_type: str, *, header_wins: bool = False) -
 class Sandbox:
     def __init__(self, *, pid: int, ctl: socket.socket, state: SandboxState,
                  proc: subprocess.Popen | None, log_sink: Callable[[bytes], None] | None,
-                 name: str) -> None:
+                 name: str, cgroup: Cgroup | None = None) -> None:
         self.pid = pid
         self.ctl = ctl
         self.lifecycle = Lifecycle(state)
@@ -139,11 +140,12 @@ class Sandbox:
         self._netns_inode = 0
         self._ctl_inode = 0
         self._netns: NetNs | None = None
+        self.cgroup = cgroup
 
     # ---- creation ----------------------------------------------------------------
     @classmethod
     def spawn(cls, spec: RuntimeSpec, *, name: str = "sandbox", deterministic: bool = False,
-              hash_seed: int | None = None,
+              hash_seed: int | None = None, memory_mb: int | None = None,
               log_sink: Callable[[bytes], None] | None = None) -> "Sandbox":
         """Start a cold sandbox: new namespaces, the agent, then the runtime (init).
 
@@ -196,30 +198,39 @@ class Sandbox:
         sandbox._netns = netns
         netns.close_fd()            # the agent keeps the namespace alive
         try:
+            if memory_mb is not None:   # before the runtime exists: it inherits the group
+                sandbox.cgroup = Cgroup.create(f"sb-{os.getpid()}-{pid}", memory_mb=memory_mb)
+                sandbox.cgroup.add(pid)
             protocol.send(sandbox.ctl, spec.to_frame())
-        except OSError as exc:
+        except (OSError, SandboxError) as exc:
             sandbox.kill()
-            raise SandboxError(f"cannot talk to the sandbox agent: {exc}") from exc
+            raise SandboxError(f"cannot start the sandbox: {exc}") from exc
         sandbox.lifecycle.to(S.INITIALIZING)
         return sandbox
 
     @classmethod
     def restore(cls, criu: Criu, images_dir: Path, work_dir: Path, *, ctl_inode: int,
-                name: str = "clone",
+                name: str = "clone", memory_mb: int | None = None,
                 log_sink: Callable[[bytes], None] | None = None) -> "Sandbox":
         """Clone a snapshot into a fresh network namespace (state RESTORING)."""
         netns = new_netns()
+        cgroup = None
         try:
+            if memory_mb is not None:
+                cgroup = Cgroup.create(f"rs-{os.getpid()}-{netns.inode}", memory_mb=memory_mb)
             reseed_crng()
             pid = criu.restore(images_dir, work_dir, netns_fd=netns.fd,
-                               ctl_fd=netns.agent_sock.fileno(), ctl_inode=ctl_inode)
+                               ctl_fd=netns.agent_sock.fileno(), ctl_inode=ctl_inode,
+                               cgroup=cgroup)
         except BaseException:
             netns.close()
+            if cgroup is not None:
+                cgroup.destroy()
             raise
         netns.close_agent_end()
         netns.close_fd()
         sandbox = cls(pid=pid, ctl=netns.host_sock, state=S.RESTORING, proc=None,
-                      log_sink=log_sink, name=name)
+                      log_sink=log_sink, name=name, cgroup=cgroup)
         sandbox._netns_inode = netns.inode
         return sandbox
 
@@ -240,7 +251,11 @@ class Sandbox:
         return _children(self.pid)
 
     def max_memory_used_mb(self) -> int | None:
-        """Peak RSS of the sandbox's processes (VmHWM), in MB."""
+        """Peak memory of the sandbox: its cgroup's high-water mark, else VmHWM."""
+        if self.cgroup is not None:
+            used = self.cgroup.max_memory_used_mb()
+            if used is not None:
+                return used
         total = 0
         for pid in [self.pid] + self.runtime_pids():
             try:
@@ -356,7 +371,12 @@ class Sandbox:
                     f"RequestId: {req.request_id} Error: Task timed out after "
                     f"{req.timeout_s:.2f} seconds") from None
             except (protocol.ProtocolError, OSError):
+                oom = self.cgroup is not None and self.cgroup.oom_kills() > 0
                 self.kill()
+                if oom:
+                    raise OutOfMemoryError(
+                        f"RequestId: {req.request_id} Error: Runtime exited with error: "
+                        "signal: killed (out of memory)") from None
                 raise RuntimeExitError(
                     f"RequestId: {req.request_id} Error: Runtime exited without providing "
                     "a reason") from None
@@ -393,8 +413,13 @@ class Sandbox:
                 self.kill()
                 raise AfterRestoreError(f"{err['errorMessage']}", error_type=err["errorType"])
             elif op in ("exit", "fatal"):
+                oom = self.cgroup is not None and self.cgroup.oom_kills() > 0
                 self.kill()
                 status = msg.get("status", "?")
+                if oom:
+                    raise OutOfMemoryError(
+                        f"RequestId: {req.request_id} Error: Runtime exited with error: "
+                        f"signal: killed (out of memory)")
                 exc = RuntimeExitError(
                     f"RequestId: {req.request_id} Error: Runtime exited with error: "
                     f"exit status {status}")
@@ -469,6 +494,8 @@ class Sandbox:
             if self._netns is not None:
                 self._netns.close()
                 self._netns = None
+            if self.cgroup is not None:
+                self.cgroup.destroy()
 
     @property
     def alive(self) -> bool:

@@ -1,0 +1,165 @@
+"""Per-sandbox cgroups: memory, pids and CPU share, on whichever hierarchy exists.
+
+Layout: one group per sandbox, ``snapstart/<id>`` under each controller. On cgroup
+v1 (separate ``memory``, ``pids``, ``cpu`` mounts, as on this project's machines)
+that is three directories; on a pure v2 host it is one directory in the unified
+tree with those controllers enabled.
+
+Limits follow Lambda: memory = the function's memory size (no swap); pids capped
+(a fork bomb is contained); CPU share proportional to memory (Lambda gives a full
+vCPU at 1,769 MB), as a *share*, not a hard quota, so an idle machine still
+restores at full speed.
+
+A cold sandbox's agent is moved in before the runtime starts; a restored clone is
+born inside its group because ``criu swrk`` itself is moved in before it restores
+(see ``checkpoint.criu``). Must not know about functions or versions.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import SandboxError
+
+__all__ = ["Cgroup", "cgroup_mode", "sweep_stale", "PIDS_MAX"]
+
+ROOT = Path("/sys/fs/cgroup")
+PARENT = "snapstart"
+PIDS_MAX = 1024
+_V1_CONTROLLERS = ("memory", "pids", "cpu")
+_FULL_CPU_MB = 1769
+
+
+def cgroup_mode() -> str:
+    """"v1" (per-controller mounts), "v2" (unified with controllers) or "none"."""
+    if all((ROOT / c / "cgroup.procs").exists() for c in _V1_CONTROLLERS):
+        return "v1"
+    if (ROOT / "cgroup.controllers").exists():
+        controllers = (ROOT / "cgroup.controllers").read_text().split()
+        if {"memory", "pids"} <= set(controllers):
+            return "v2"
+    return "none"
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        path.write_text(value)
+    except OSError as exc:
+        raise SandboxError(f"cannot write {value!r} to {path}: {exc}") from exc
+
+
+@dataclass
+class Cgroup:
+    name: str
+    mode: str
+    dirs: list[Path] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, name: str, *, memory_mb: int, pids_max: int = PIDS_MAX) -> "Cgroup":
+        mode = cgroup_mode()
+        group = cls(name=name, mode=mode)
+        if mode == "none":
+            return group
+        try:
+            if mode == "v1":
+                for controller in _V1_CONTROLLERS:
+                    path = ROOT / controller / PARENT / name
+                    path.mkdir(parents=True, exist_ok=True)
+                    group.dirs.append(path)
+                mem, pids, cpu = group.dirs
+                _write(mem / "memory.limit_in_bytes", str(memory_mb << 20))
+                _write(pids / "pids.max", str(pids_max))
+                _write(cpu / "cpu.shares", str(max(2, 1024 * memory_mb // _FULL_CPU_MB)))
+            else:
+                parent = ROOT / PARENT
+                parent.mkdir(exist_ok=True)
+                _write(ROOT / "cgroup.subtree_control", "+memory +pids +cpu")
+                _write(parent / "cgroup.subtree_control", "+memory +pids +cpu")
+                path = parent / name
+                path.mkdir(exist_ok=True)
+                group.dirs.append(path)
+                _write(path / "memory.max", str(memory_mb << 20))
+                _write(path / "memory.swap.max", "0")
+                _write(path / "pids.max", str(pids_max))
+                _write(path / "cpu.weight", str(max(1, 100 * memory_mb // _FULL_CPU_MB)))
+        except OSError as exc:
+            group.destroy()
+            raise SandboxError(f"cannot create cgroup {name}: {exc}") from exc
+        except SandboxError:
+            group.destroy()
+            raise
+        return group
+
+    def add(self, pid: int) -> None:
+        for path in self.dirs:
+            _write(path / "cgroup.procs", str(pid))
+
+    def _read(self, v1_controller: str, v1_file: str, v2_file: str) -> str | None:
+        try:
+            if self.mode == "v1":
+                return (ROOT / v1_controller / PARENT / self.name / v1_file).read_text()
+            if self.mode == "v2":
+                return (self.dirs[0] / v2_file).read_text()
+        except OSError:
+            return None
+        return None
+
+    def max_memory_used_mb(self) -> int | None:
+        text = self._read("memory", "memory.max_usage_in_bytes", "memory.peak")
+        return round(int(text) / (1 << 20)) if text and text.strip().isdigit() else None
+
+    def oom_kills(self) -> int:
+        text = self._read("memory", "memory.oom_control", "memory.events") or ""
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def procs(self) -> list[int]:
+        if not self.dirs:
+            return []
+        try:
+            return [int(x) for x in (self.dirs[0] / "cgroup.procs").read_text().split()]
+        except OSError:
+            return []
+
+    def destroy(self, timeout_s: float = 5.0) -> None:
+        """Remove the group (its processes must be dying: we SIGKILL stragglers)."""
+        deadline = time.monotonic() + timeout_s
+        for path in reversed(self.dirs):
+            while path.exists():
+                try:
+                    path.rmdir()
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                        break
+                    for pid in self.procs():
+                        try:
+                            os.kill(pid, 9)
+                        except ProcessLookupError:
+                            pass
+                    time.sleep(0.005)
+        self.dirs = [p for p in self.dirs if p.exists()]
+
+
+def sweep_stale() -> int:
+    """Remove empty snapstart cgroups left by a crashed manager; returns how many."""
+    removed = 0
+    bases = [ROOT / c / PARENT for c in _V1_CONTROLLERS] + [ROOT / PARENT]
+    for base in bases:
+        if not base.is_dir():
+            continue
+        for child in base.iterdir():
+            if child.is_dir():
+                try:
+                    if not (child / "cgroup.procs").read_text().split():
+                        child.rmdir()
+                        removed += 1
+                except OSError:
+                    pass
+    return removed
