@@ -152,22 +152,25 @@ class Agent:
     def _op_start(self, msg: dict) -> None:
         self.init_type = msg.get("init_type", "on-demand")
         r, w = os.pipe()
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        actions = [(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, w, 1),
-                   (os.POSIX_SPAWN_DUP2, w, 2)]
-        try:
-            os.chdir(msg["cwd"])
-            self.runtime_pid = os.posix_spawn(msg["argv"][0], msg["argv"], msg["env"],
-                                              file_actions=actions)
-        except OSError as exc:
-            self.emit({"op": "init_error", "type": "Runtime.InvalidEntrypoint",
-                       "body": _json({"errorMessage": f"cannot start runtime: {exc}",
-                                      "errorType": "Runtime.InvalidEntrypoint"})})
-            self.emit({"op": "exit", "status": 127})
-            os._exit(0)
-        finally:
-            os.close(w)
-            os.close(devnull)
+        # The agent is single-threaded: fork is safe. The child confines itself
+        # (uid/gid, no_new_privs, seccomp: bootstrap.confine) and execs the runtime.
+        pid = os.fork()
+        if pid == 0:
+            try:
+                devnull = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(devnull, 0)
+                os.dup2(w, 1)
+                os.dup2(w, 2)
+                os.chdir(msg["cwd"])
+                from bootstrap.confine import confine
+                confine(int(msg.get("uid", 0)), int(msg.get("gid", 0)),
+                        seccomp=bool(msg.get("seccomp", True)))
+                os.execve(msg["argv"][0], msg["argv"], msg["env"])
+            except BaseException as exc:  # report through the log pipe, then die
+                os.write(2, f"snapstart: cannot start runtime: {exc!r}\n".encode())
+            os._exit(127)
+        os.close(w)
+        self.runtime_pid = pid
         self.log_fd = r
         os.set_blocking(r, False)
         self.sel.register(r, selectors.EVENT_READ, self._on_log)

@@ -8,13 +8,17 @@
 #
 # Usage: scripts/build-criu.sh PREFIX WORKDIR
 # Result: PREFIX/sbin/criu and PREFIX/lib/python/pycriu (protobuf modules generated).
-# Idempotent: does nothing when PREFIX/.built exists and criu runs.
+# Patches in scripts/criu-patches/*.patch are applied (each says why).
+# Idempotent: does nothing when PREFIX/.built records this recipe (this script and
+# the patches) and criu runs; any change to them rebuilds.
 set -euo pipefail
 PREFIX=$(realpath -m "$1")
 WORK=$(realpath -m "$2")
 RUNDIR=${SNAPSTART_CRIU_RUNDIR:-/dev/shm/snapstart-criu-run}
 
-if [ -f "$PREFIX/.built" ] && "$PREFIX/sbin/criu" --version >/dev/null 2>&1; then
+HERE=$(dirname "$(realpath "$0")")
+RECIPE=$(cat "$0" "$HERE"/criu-patches/*.patch 2>/dev/null | sha256sum | cut -c1-16)
+if [ "$(cat "$PREFIX/.built" 2>/dev/null)" = "$RECIPE" ] && "$PREFIX/sbin/criu" --version >/dev/null 2>&1; then
     echo "criu: cached at $PREFIX/sbin/criu"; exit 0
 fi
 mkdir -p "$WORK/apt/lists/partial" "$WORK/apt/cache/archives/partial" "$WORK/src"
@@ -35,8 +39,13 @@ TARBALL=$(ls criu_*.orig.tar.* | sort -V | tail -n1)
 [ -n "$TARBALL" ] || { echo "criu: source tarball not downloaded" >&2; exit 1; }
 VER=$(echo "$TARBALL" | sed -E 's/criu_([0-9.]+)\.orig.*/\1/')
 case "$VER" in 4.[2-9]*|4.[1-9][0-9]*|[5-9].*) ;; *) echo "criu: need >= 4.2, got $VER" >&2; exit 1;; esac
-if [ ! -d "criu-$VER" ]; then tar xf "$TARBALL"; fi
+rm -rf "criu-$VER"
+tar xf "$TARBALL"
 cd "criu-$VER"
+for p in "$HERE"/criu-patches/*.patch; do
+    [ -e "$p" ] || continue
+    patch -p1 -s < "$p"
+done
 mkdir -p "$RUNDIR"
 make -j"$(nproc)" criu RUNDIR="$RUNDIR" PREFIX="$PREFIX" >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log"; exit 1; }
 mkdir -p "$PREFIX/sbin" "$PREFIX/lib/python"
@@ -47,5 +56,5 @@ make lib PYTHON=python3 >>"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log"
 rm -rf "$PREFIX/lib/python/pycriu"
 cp -r lib/pycriu "$PREFIX/lib/python/pycriu"
 find "$PREFIX/lib/python/pycriu" -name Makefile -delete
-echo "$VER" > "$PREFIX/.built"
+echo "$RECIPE" > "$PREFIX/.built"
 "$PREFIX/sbin/criu" --version

@@ -14,6 +14,11 @@ Layout::
         aliases.json               {"alias": n}
       store/                       the snapshot store (snapstart.store)
 
+Permissions: the home and the directories down to a version are 0711 (traversable,
+not listable); code and packages are owned by the sandbox group, 0750/0640, never
+world-readable: functions run as an unprivileged user (config.Settings.sandbox_uid)
+that must read its own code and nothing else here. The store stays 0700.
+
 A version is visible once ``version.json`` exists and ``.incomplete`` does not; the
 code must live at its final path *before* the checkpoint, because the restored
 processes refer to it by path (cwd, sys.path). Every name is validated with
@@ -65,10 +70,32 @@ class Registry:
     def _fdir(self, name: str) -> Path:
         return self.root / validate_name(name)
 
+    def _mkdirs(self, path: Path) -> None:
+        """Create ``path`` and its parents below the home as traversable (0711)."""
+        home = self.settings.home
+        missing = [p for p in [path, *path.parents] if not p.exists()
+                   and (p == home or home in p.parents)]
+        for p in reversed(missing):
+            p.mkdir(mode=0o711, exist_ok=True)
+            os.chmod(p, 0o711)
+
+    def share_with_sandbox(self, path: Path) -> None:
+        """Make a code tree readable by the sandbox group only."""
+        gid = self.settings.sandbox_gid
+        for root, dirs, files in os.walk(path):
+            os.chown(root, -1, gid)
+            os.chmod(root, 0o750)
+            for f in files:
+                fp = os.path.join(root, f)
+                if os.path.islink(fp):
+                    continue
+                os.chown(fp, -1, gid)
+                os.chmod(fp, 0o750 if os.stat(fp).st_mode & 0o111 else 0o640)
+
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
         fdir = self._fdir(name)
-        fdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._mkdirs(fdir)
         with open(fdir / ".lock", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
@@ -92,10 +119,11 @@ class Registry:
         if not code_src.is_dir():
             raise ConfigError(f"function code directory {code_src} does not exist")
         latest = self._fdir(config.name) / "latest"
-        latest.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._mkdirs(latest)
         staging = latest / f".code.{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         _copy_code(code_src, staging)
+        self.share_with_sandbox(staging)
         old = latest / "code.old"
         shutil.rmtree(old, ignore_errors=True)
         if (latest / "code").exists():
@@ -119,12 +147,12 @@ class Registry:
         """Reserve the next version number; its directory is marked incomplete."""
         with self.lock(name):
             vroot = self._fdir(name) / "versions"
-            vroot.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._mkdirs(vroot)
             self._sweep_incomplete(vroot)
             numbers = [int(p.name) for p in vroot.iterdir() if p.name.isdigit()]
             n = max(numbers, default=0) + 1
             vdir = vroot / str(n)
-            vdir.mkdir(mode=0o700)
+            vdir.mkdir(mode=0o711)
             (vdir / ".incomplete").write_text(str(os.getpid()))
             return n, vdir
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -74,12 +75,26 @@ def _describe(pids: set[int]) -> list[str]:
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
+def home(monkeypatch):
+    # Not tmp_path: pytest's base dir is mode 0700 and functions run as an
+    # unprivileged user that must reach their code (as under /var/lib/snapstart).
+    base = Path(tempfile.mkdtemp(prefix="snapstart-test-", dir="/tmp"))
+    os.chmod(base, 0o711)
     shm = Path("/dev/shm") / f"snapstart-test-{uuid.uuid4().hex[:12]}"
-    monkeypatch.setenv("SNAPSTART_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SNAPSTART_HOME", str(base / "home"))
     monkeypatch.setenv("SNAPSTART_SHM", str(shm))
     yield Settings.from_env()
     shutil.rmtree(shm, ignore_errors=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def sandbox_writable():
+    """A directory the unprivileged function user may write (marker files)."""
+    path = Path(tempfile.mkdtemp(prefix="snapstart-shared-", dir="/tmp"))
+    os.chmod(path, 0o1777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

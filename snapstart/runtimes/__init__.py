@@ -10,6 +10,8 @@ them).
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +33,14 @@ class RuntimeSpec:
     # Checkpoint at the runtime's first GET /invocation/next instead of at
     # GET /restore/next: for runtimes without SnapStart support (``provided``).
     snapshot_on_next: bool = False
+    uid: int = 0
+    gid: int = 0
+    seccomp: bool = True
 
     def to_frame(self) -> dict:
         return {"op": "start", "argv": self.argv, "env": self.env, "cwd": self.cwd,
-                "init_type": self.init_type}
+                "init_type": self.init_type, "uid": self.uid, "gid": self.gid,
+                "seccomp": self.seccomp}
 
 
 def runtime_spec(config: FunctionConfig, settings: Settings, *, code_dir: Path,
@@ -75,4 +81,53 @@ def runtime_spec(config: FunctionConfig, settings: Settings, *, code_dir: Path,
         raise ValueError(config.runtime)
     merged = dict(config.environment)
     merged.update(env)
-    return RuntimeSpec(argv=argv, env=merged, cwd=str(code_dir), init_type=init_type)
+    uid, gid = sandbox_identity(settings, [Path(argv[0]), code_dir, SITECUSTOMIZE_DIR]
+                                + ([packages_dir] if packages_dir else []))
+    return RuntimeSpec(argv=argv, env=merged, cwd=str(code_dir), init_type=init_type,
+                       uid=uid, gid=gid)
+
+
+def unreachable(path: Path, uid: int, gid: int) -> Path | None:
+    """The first component of ``path`` that (uid, gid) cannot traverse or read."""
+    path = Path(os.path.realpath(path))
+    chain = list(reversed(path.parents)) + [path]
+    for part in chain:
+        try:
+            st = part.stat()
+        except OSError:
+            return part
+        need = 0o1 if part != path or part.is_dir() else 0o4
+        if st.st_uid == uid:
+            bits = (st.st_mode >> 6) & 7
+        elif st.st_gid == gid:
+            bits = (st.st_mode >> 3) & 7
+        else:
+            bits = st.st_mode & 7
+        if not bits & need:
+            return part
+    return None
+
+
+def sandbox_identity(settings: Settings, paths: list[Path]) -> tuple[int, int]:
+    """(uid, gid) for the runtime: the configured unprivileged identity, or root
+    (with a warning) when that identity could not reach the interpreter or code."""
+    uid, gid = settings.sandbox_uid, settings.sandbox_gid
+    if uid == 0:
+        return 0, 0
+    for path in paths:
+        blocked = unreachable(path, uid, gid)
+        if blocked is not None:
+            _warn_once(f"functions run as root: uid {uid} cannot reach {path} "
+                       f"({blocked} is mode {blocked.stat().st_mode & 0o777:o}); build the venv "
+                       "from /usr/bin/python3 (`make`) and keep SNAPSTART_HOME reachable")
+            return 0, 0
+    return uid, gid
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logging.getLogger("snapstart.runtimes").warning(message)

@@ -155,3 +155,21 @@ def test_versions_and_aliases(manager, publish):
         manager.invoke("hello", qualifier="nope")
     with pytest.raises(FunctionNotFoundError):
         manager.invoke("missing-function")
+
+
+def test_runtime_is_confined(manager, publish, settings):
+    """Unprivileged uid/gid, no capabilities, no_new_privs, seccomp filter."""
+    from snapstart.runtimes import unreachable
+    import sys
+    from pathlib import Path
+    assert unreachable(Path(sys.executable), settings.sandbox_uid, settings.sandbox_gid) is None, \
+        "the venv interpreter must be reachable by the sandbox user (build it with `make`)"
+    publish("hello")
+    for result in (manager.invoke("hello", force_new=True),
+                   manager.invoke("hello", no_snapshot=True, force_new=True)):
+        out = _payload(result)
+        assert (out["uid"], out["gid"]) == (settings.sandbox_uid, settings.sandbox_gid)
+        assert out["status"]["CapEff"] == "0000000000000000"
+        assert out["status"]["CapPrm"] == "0000000000000000"
+        assert out["status"]["NoNewPrivs"] == "1"
+        assert out["status"]["Seccomp"] == "2"
