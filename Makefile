@@ -7,7 +7,9 @@ STAMPS := $(STATE)/stamps
 VENV := $(ROOT)/.venv
 PY := $(VENV)/bin/python
 CRIU_PREFIX := $(STATE)/criu
-PYTHON ?= python3
+# Debian's interpreter, not whatever `python3` is on PATH: functions run as an
+# unprivileged user that must be able to exec it (a pyenv under /root cannot be).
+PYTHON ?= /usr/bin/python3
 APT_PACKAGES := build-essential pkg-config libprotobuf-c-dev protobuf-c-compiler \
 	libprotobuf-dev protobuf-compiler libnl-3-dev libnet1-dev libcap-dev libbsd-dev \
 	libgnutls28-dev libnftables-dev libaio-dev uuid-dev iproute2 util-linux \
@@ -31,13 +33,16 @@ $(STAMPS)/apt: Makefile
 deps: $(STAMPS)/apt
 
 # CRIU >= 4.2 from Debian's source package (see ../shared/PLATFORM.md), project-local.
-$(CRIU_PREFIX)/.built: scripts/build-criu.sh | $(STAMPS)/apt
+$(CRIU_PREFIX)/.built: scripts/build-criu.sh $(wildcard scripts/criu-patches/*.patch) | $(STAMPS)/apt
 	scripts/build-criu.sh $(CRIU_PREFIX) $(STATE)/build
 
 criu: $(CRIU_PREFIX)/.built
 
 $(STAMPS)/venv: pyproject.toml $(CRIU_PREFIX)/.built
 	@mkdir -p $(STAMPS)
+	@# recreate a venv built on another interpreter (e.g. one under /root)
+	@if [ -f $(VENV)/pyvenv.cfg ] && ! grep -qx "home = $$(dirname $$(realpath $(PYTHON)))" $(VENV)/pyvenv.cfg; then \
+	  echo "venv: rebuilding on $(PYTHON)"; rm -rf $(VENV); fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# compat mode: a plain .pth path entry; the default editable finder costs ~25 ms at
 	# every interpreter start (agent and runtime included).
@@ -70,3 +75,50 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV) $(STATE)
+
+# Node.js runtime client: npm aws-lambda-ric 3.x (3.x is the last line for Node 20;
+# 4.x needs Node >= 22). Its native addon builds from source (cmake autoconf
+# automake libtool g++) against the local Node's headers, into a project-local
+# prefix. Node itself comes from the machine; Debian's nodejs/npm only if absent.
+NODE_RIC_VERSION := 3.3.0
+NODE_PREFIX := $(STATE)/node
+NODE_APT_PACKAGES := cmake autoconf automake libtool g++ make python3
+
+$(NODE_PREFIX)/.built-$(NODE_RIC_VERSION):
+	@mkdir -p $(NODE_PREFIX)
+	@need=$$(for p in $(NODE_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	command -v node >/dev/null && command -v npm >/dev/null || need="$$need nodejs npm"; \
+	if [ -n "$$need" ]; then \
+	  echo apt: installing $$need; \
+	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$need >/dev/null; \
+	fi
+	# nodedir: build against the installed headers instead of downloading them.
+	nodedir=$$(node -p 'require("path").resolve(process.execPath, "../..")'); \
+	test -f $$nodedir/include/node/node.h || nodedir=; \
+	npm_config_nodedir=$$nodedir npm install --prefix $(NODE_PREFIX) --no-audit --no-fund \
+	  --save-exact --loglevel=error aws-lambda-ric@$(NODE_RIC_VERSION)
+	test -x $(NODE_PREFIX)/node_modules/.bin/aws-lambda-ric
+	cd $(NODE_PREFIX) && node --input-type=module -e 'await import("aws-lambda-ric"); console.log("aws-lambda-ric ok")'
+	@rm -f $(NODE_PREFIX)/.built-*
+	@touch $@
+
+node-ric: $(NODE_PREFIX)/.built-$(NODE_RIC_VERSION)
+
+.PHONY: node-ric
+
+# ---- benchmarks (benches/, issue 5) ----------------------------------------------
+# Benchmark-only Python deps go into the project venv from benches/requirements.txt
+# (not pyproject); the RIE binary and the sam CLI (own venv) into benches/.cache.
+# BENCH_N sets repetitions (default 20; BENCH_N=3 is a quick smoke run).
+$(STAMPS)/bench-deps: benches/requirements.txt benches/requirements-sam.txt benches/fetch-tools.sh | venv
+	$(PY) -m pip install -q --disable-pip-version-check -r benches/requirements.txt
+	PYTHON=$(PY) bash benches/fetch-tools.sh $(ROOT)/benches/.cache
+	@touch $@
+
+bench: venv $(STAMPS)/bench-deps
+	$(PY) benches/run.py
+
+bench-arm64: venv $(STAMPS)/bench-deps
+	bash benches/arm64/run.sh
+
+.PHONY: bench bench-arm64

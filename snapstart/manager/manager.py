@@ -105,7 +105,9 @@ class Manager:
         self._housekeeper: threading.Thread | None = None
         self._stop = threading.Event()
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-        self.settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.settings.home.exists():
+            self.settings.home.mkdir(parents=True, mode=0o711)
+            os.chmod(self.settings.home, 0o711)   # traversable by the sandbox user
         (self.settings.shm / "run").mkdir(parents=True, exist_ok=True, mode=0o700)
 
     @property
@@ -126,6 +128,9 @@ class Manager:
             shutil.copytree(self.registry.latest(config.name).code_dir, vdir / "code",
                             symlinks=True)
             packages = self._install_requirements(vdir)
+            for tree in (vdir / "code", packages):
+                if tree is not None:
+                    self.registry.share_with_sandbox(tree)
             seed = self._hash_seed(config.name)
             spec = runtime_spec(config, self.settings, code_dir=vdir / "code",
                                 packages_dir=packages, version=str(n), snap_start=True,

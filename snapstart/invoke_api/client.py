@@ -1,0 +1,105 @@
+"""``invoke_remote``: the CLI's Invoke API client (stdlib http.client, no boto3).
+
+Returns a ``RemoteResult`` with the attributes of ``InvokeResult`` plus
+``executed_version``; API errors come back as the matching ``SnapStartError``
+(typed from ``x-amzn-ErrorType``).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import urllib.parse
+from dataclasses import dataclass, field
+
+from ..errors import (FunctionNotFoundError, InvalidNameError, PayloadError, SnapStartError,
+                      ThrottledError)
+
+__all__ = ["invoke_remote", "RemoteResult"]
+
+
+@dataclass
+class RemoteResult:
+    request_id: str
+    payload: bytes
+    function_error: str | None
+    duration_ms: float
+    executed_version: str
+    logs: bytes = b""
+    start_type: str = "warm"
+    init_duration_ms: float | None = None
+    restore_duration_ms: float | None = None
+    max_memory_used_mb: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _api_error(status: int, error_type: str, body: bytes, retry_after: str | None) -> SnapStartError:
+    try:
+        data = json.loads(body)
+        message = str(data.get("message") or data.get("Message") or "")
+        reason = data.get("Reason")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        message, reason = body.decode("utf-8", "replace")[:500], None
+    message = message or f"HTTP {status}"
+    if error_type == "ResourceNotFoundException":
+        return FunctionNotFoundError(message)
+    if error_type == "TooManyRequestsException":
+        return ThrottledError(message, reason=reason or "ConcurrentInvocationLimitExceeded",
+                              retry_after=int(retry_after or 1))
+    if error_type in ("InvalidRequestContentException", "RequestTooLargeException"):
+        return PayloadError(message, error_type=error_type)
+    if error_type in ("InvalidParameterValueException", "ValidationException"):
+        return InvalidNameError(message, error_type=error_type)
+    return SnapStartError(message, error_type=error_type or "ServiceException")
+
+
+def invoke_remote(endpoint: str, name: str, qualifier: str | None, body: bytes, *,
+                  tail: bool = False, invocation_type: str = "RequestResponse",
+                  timeout_s: float = 960.0) -> RemoteResult:
+    url = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise SnapStartError(f"invalid endpoint {endpoint!r}", error_type="InvalidEndpoint")
+    conn_cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    path = f"{url.path.rstrip('/')}/2015-03-31/functions/{urllib.parse.quote(name, safe='')}/invocations"
+    if qualifier:
+        path += "?Qualifier=" + urllib.parse.quote(qualifier, safe="")
+    headers = {"Content-Type": "application/json", "X-Amz-Invocation-Type": invocation_type,
+               "X-Amz-Log-Type": "Tail" if tail else "None"}
+    conn = conn_cls(url.hostname, url.port, timeout=timeout_s)
+    try:
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        except OSError as exc:
+            raise SnapStartError(f"cannot reach {endpoint}: {exc}",
+                                 error_type="EndpointConnectionError") from exc
+    finally:
+        conn.close()
+    if resp.status >= 400:
+        raise _api_error(resp.status, resp.getheader("x-amzn-ErrorType", "").split(":")[0],
+                         data, resp.getheader("Retry-After"))
+    logs = b""
+    if resp.getheader("X-Amz-Log-Result"):
+        try:
+            logs = base64.b64decode(resp.getheader("X-Amz-Log-Result"))
+        except ValueError:
+            logs = b""
+    mem = _float(resp.getheader("X-Snapstart-Max-Memory-Used-Mb"))
+    return RemoteResult(
+        request_id=resp.getheader("x-amzn-RequestId", ""), payload=data,
+        function_error=resp.getheader("X-Amz-Function-Error"),
+        duration_ms=_float(resp.getheader("X-Snapstart-Duration-Ms")) or 0.0,
+        executed_version=resp.getheader("X-Amz-Executed-Version", ""), logs=logs,
+        start_type=resp.getheader("X-Snapstart-Start-Type", "warm"),
+        init_duration_ms=_float(resp.getheader("X-Snapstart-Init-Duration-Ms")),
+        restore_duration_ms=_float(resp.getheader("X-Snapstart-Restore-Duration-Ms")),
+        max_memory_used_mb=int(mem) if mem is not None else None)
