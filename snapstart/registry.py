@@ -66,6 +66,9 @@ class Registry:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.root = settings.home / "functions"
+        # resolve() is on every invoke's path: cache it, validated by the mtimes of
+        # what can change it (three stat calls instead of reading JSON files).
+        self._cache: dict[tuple[str, str | None], tuple[tuple, VersionInfo]] = {}
 
     def _fdir(self, name: str) -> Path:
         return self.root / validate_name(name)
@@ -176,6 +179,7 @@ class Registry:
         _write_json(vdir / "version.json", {"config": config.to_dict(), "snapshot": snapshot,
                                             "created": time.time()})
         (vdir / ".incomplete").unlink()
+        os.utime(vdir.parent)   # invalidates resolve() caches (here and in other processes)
 
     def abort_version(self, name: str, n: int) -> None:
         shutil.rmtree(self._fdir(name) / "versions" / str(n), ignore_errors=True)
@@ -233,12 +237,38 @@ class Registry:
             _write_json(self._fdir(name) / "aliases.json", aliases)
 
     # ---- resolution --------------------------------------------------------------
+    def _stamp(self, name: str) -> tuple:
+        fdir = self._fdir(name)
+        out = []
+        for path in (fdir / "versions", fdir / "aliases.json", fdir / "latest" / "config.json"):
+            try:
+                st = os.stat(path)
+                out.append((st.st_mtime_ns, st.st_ino))
+            except FileNotFoundError:
+                out.append(None)
+        return tuple(out)
+
     def resolve(self, name: str, qualifier: str | None = None) -> VersionInfo:
         """NAME with an optional version number, alias or $LATEST.
 
         No qualifier means the latest published version (or $LATEST if none).
         """
-        validate_name(name)
+        key = (name, qualifier or None)
+        cached = self._cache.get(key)
+        if cached is not None:
+            stamp = self._stamp(name)
+            if cached[0] == stamp:
+                return cached[1]
+        else:
+            validate_name(name)
+            stamp = self._stamp(name)
+        info = self._resolve(name, qualifier)
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[key] = (stamp, info)
+        return info
+
+    def _resolve(self, name: str, qualifier: str | None) -> VersionInfo:
         if not self.exists(name):
             raise FunctionNotFoundError(f"Function not found: {self.settings.function_arn(name)}")
         if qualifier is None or qualifier == "":
