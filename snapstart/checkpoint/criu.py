@@ -28,12 +28,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError, DumpError, RestoreError
 
-__all__ = ["Criu", "DumpResult"]
+__all__ = ["Criu", "DumpResult", "Worker"]
 
 NETNS_KEY = "netns"
 _NETWORK_LOCK_SKIP = 3
@@ -131,51 +132,100 @@ class Criu:
         size = sum(p.stat().st_size for p in images_dir.iterdir() if p.is_file())
         return DumpResult(image_bytes=size)
 
-    def restore(self, images_dir: Path, work_dir: Path, *, netns_fd: int, ctl_fd: int,
-                ctl_inode: int, cgroup=None) -> int:
-        """Restore a clone; return the host pid of its root (a child of this process).
+    def spawn_worker(self, work_dir: Path, *, netns_fd: int, ctl_fd: int,
+                     cgroup=None) -> "Worker":
+        """Start ``criu swrk`` for one restore, ahead of the request.
 
-        With ``cgroup``, ``criu swrk`` is started, moved into that group and only then
-        asked to restore, so every restored task is born inside the clone's limits.
+        The worker inherits the clone's netns fd, its control socket end and its work
+        dir (pycriu forks without closing fds); with ``cgroup`` it is moved into the
+        clone's group, so every restored task is born inside the clone's limits.
         """
-        import pycriu
-
         work_dir.mkdir(parents=True, exist_ok=True)
         client = self._client()
-        img_fd = os.open(images_dir, os.O_DIRECTORY)
         work_fd = os.open(work_dir, os.O_DIRECTORY)
-        inheritable = [img_fd, work_fd, netns_fd, ctl_fd]
+        fds = [work_fd, netns_fd, ctl_fd]
         try:
-            for fd in inheritable:
-                os.set_inheritable(fd, True)
-            opts = client.opts
-            opts.images_dir_fd = img_fd
-            opts.work_dir_fd = work_fd
-            opts.log_file = "restore.log"
-            opts.rst_sibling = True
-            ifd = opts.inherit_fd.add()
-            ifd.key, ifd.fd = NETNS_KEY, netns_fd
-            ifd = opts.inherit_fd.add()
-            ifd.key, ifd.fd = f"socket:[{ctl_inode}]", ctl_fd
-            try:
-                if cgroup is not None:
-                    # pycriu connects lazily; connect now so swrk can join the group
-                    client.sk = client._comm.connect(False)
-                    cgroup.add(client._comm.swrk)
-                resp = client.restore()
-            except pycriu.CRIUExceptionExternal as exc:
-                raise RestoreError("CRIU could not restore the snapshot", request="restore",
-                                   errno=exc.errno,
-                                   log_tail=_log_tail(work_dir, "restore.log")) from exc
-            except pycriu.CRIUException as exc:
-                raise RestoreError(f"CRIU restore failed: {exc}", request="restore",
-                                   log_tail=_log_tail(work_dir, "restore.log")) from exc
-            return resp.pid
-        finally:
-            os.close(img_fd)
-            os.close(work_fd)
-            for fd in (netns_fd, ctl_fd):
+            # Only the fds of *this* clone may be inheritable while pycriu forks: an
+            # idle worker holding another clone's control socket would hide its death.
+            with _FORK_LOCK:
+                for fd in fds:
+                    os.set_inheritable(fd, True)
                 try:
-                    os.set_inheritable(fd, False)
-                except OSError:
-                    pass
+                    client.sk = client._comm.connect(False)
+                finally:
+                    for fd in fds:
+                        os.set_inheritable(fd, False)
+            worker = Worker(client=client, pid=client._comm.swrk, work_dir=work_dir,
+                            work_fd=work_fd, netns_fd=netns_fd, ctl_fd=ctl_fd)
+            if cgroup is not None:
+                cgroup.add(worker.pid)
+            return worker
+        except BaseException as exc:
+            os.close(work_fd)
+            if client.sk is not None:
+                client._comm.disconnect()
+            if isinstance(exc, OSError):
+                raise RestoreError(f"cannot start criu swrk: {exc}") from exc
+            raise
+
+    def restore_with(self, worker: "Worker", images_dir: Path, *, ctl_inode: int) -> int:
+        """Send the restore request to a prepared worker; return the clone root's pid."""
+        import pycriu
+
+        opts = worker.client.opts
+        opts.images_dir = str(images_dir)       # images_dir_fd stays -1: a path is fine
+        opts.work_dir_fd = worker.work_fd
+        opts.log_file = "restore.log"
+        opts.rst_sibling = True
+        ifd = opts.inherit_fd.add()
+        ifd.key, ifd.fd = NETNS_KEY, worker.netns_fd
+        ifd = opts.inherit_fd.add()
+        ifd.key, ifd.fd = f"socket:[{ctl_inode}]", worker.ctl_fd
+        try:
+            resp = worker.client.restore()
+        except pycriu.CRIUExceptionExternal as exc:
+            raise RestoreError("CRIU could not restore the snapshot", request="restore",
+                               errno=exc.errno,
+                               log_tail=_log_tail(worker.work_dir, "restore.log")) from exc
+        except pycriu.CRIUException as exc:
+            raise RestoreError(f"CRIU restore failed: {exc}", request="restore",
+                               log_tail=_log_tail(worker.work_dir, "restore.log")) from exc
+        finally:
+            worker.close()
+        return resp.pid
+
+    def restore(self, images_dir: Path, work_dir: Path, *, netns_fd: int, ctl_fd: int,
+                ctl_inode: int, cgroup=None) -> int:
+        """Restore a clone now (spawn a worker, then restore); return its root's pid."""
+        worker = self.spawn_worker(work_dir, netns_fd=netns_fd, ctl_fd=ctl_fd, cgroup=cgroup)
+        return self.restore_with(worker, images_dir, ctl_inode=ctl_inode)
+
+
+_FORK_LOCK = threading.Lock()
+
+
+@dataclass
+class Worker:
+    """A ``criu swrk`` process waiting for exactly one restore request."""
+
+    client: object
+    pid: int
+    work_dir: Path
+    work_fd: int
+    netns_fd: int
+    ctl_fd: int
+    closed: bool = False
+
+    def close(self) -> None:
+        """End the worker: it exits when its RPC socket closes; reap it."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            os.close(self.work_fd)
+        except OSError:
+            pass
+        try:
+            self.client._comm.disconnect()   # closes the socket, waits for swrk
+        except (OSError, ChildProcessError):
+            pass

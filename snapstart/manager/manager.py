@@ -45,7 +45,8 @@ from ..errors import (AfterRestoreError, CheckpointError, ConfigError, InitError
                       StoreError, ThrottledError)
 from ..registry import LATEST, Registry, VersionInfo
 from ..runtimes import runtime_spec
-from ..sandbox.sandbox import InvokeRequest, InvokeResult, Sandbox
+from ..sandbox.cgroups import sweep_stale as sweep_stale_cgroups
+from ..sandbox.sandbox import InvokeRequest, InvokeResult, RestoreSlot, Sandbox
 from ..sandbox.state import SandboxState
 from .limits import ConcurrencyLimits
 
@@ -83,8 +84,11 @@ def _default_concurrency() -> int:
 
 class Manager:
     def __init__(self, settings: Settings | None = None, *, keep_warm: bool = True,
-                 max_concurrency: int | None = None,
+                 max_concurrency: int | None = None, restore_slots: int | None = None,
                  log_sink: Callable[[str, str, bytes], None] | None = None) -> None:
+        """``restore_slots``: how many prepared restore slots (namespace + cgroup +
+        criu worker, see ``RestoreSlot``) to keep ready; default 2 for a long-lived
+        manager (``keep_warm``), 0 for one-shot use."""
         self.settings = settings or Settings.from_env()
         self.registry = Registry(self.settings)
         self.criu = Criu(self.settings.criu)
@@ -104,7 +108,12 @@ class Manager:
         self._prov_members: dict[tuple[str, str], set[Sandbox]] = {}
         self._housekeeper: threading.Thread | None = None
         self._stop = threading.Event()
+        self._slot_target = (2 if keep_warm else 0) if restore_slots is None else restore_slots
+        self._slots: list[RestoreSlot] = []
+        self._slot_cond = threading.Condition(self._lock)
+        self._slot_thread: threading.Thread | None = None
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        sweep_stale_cgroups()   # groups of managers that died without cleaning up
         if not self.settings.home.exists():
             self.settings.home.mkdir(parents=True, mode=0o711)
             os.chmod(self.settings.home, 0o711)   # traversable by the sandbox user
@@ -289,16 +298,60 @@ class Manager:
         manifest = self.store.manifest(info.name, n)
         self.store.check_compatible(manifest, criu_version=self.criu.version())
         images = self.store.materialize(info.name, n)
-        work = self.settings.shm / "run" / uuid.uuid4().hex
+        slot = self._take_slot()
+        work = slot.work_dir if slot else self.settings.shm / "run" / uuid.uuid4().hex
         try:
             sandbox = Sandbox.restore(self.criu, images, work,
                                       ctl_inode=int(info.snapshot["ctl_inode"]),
                                       name=f"{info.name}:{info.version}",
-                                      memory_mb=info.config.memory_mb,
+                                      memory_mb=info.config.memory_mb, slot=slot,
                                       log_sink=self._sink(info.name, info.version))
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return self._track(sandbox)
+
+    # ---- prepared restore slots ------------------------------------------------
+    def _take_slot(self) -> RestoreSlot | None:
+        if self._slot_target <= 0:
+            return None
+        with self._lock:
+            if self._slot_thread is None and not self._closed:
+                self._slot_thread = threading.Thread(target=self._fill_slots,
+                                                     name="snapstart-slots", daemon=True)
+                self._slot_thread.start()
+            slot = self._slots.pop() if self._slots else None
+            self._slot_cond.notify_all()
+        return slot
+
+    def _fill_slots(self) -> None:
+        """Keep ``restore_slots`` slots prepared (one thread: forks are serialized)."""
+        while True:
+            with self._lock:
+                while not self._closed and len(self._slots) >= self._slot_target:
+                    self._slot_cond.wait()
+                if self._closed:
+                    return
+            try:
+                slot = RestoreSlot.prepare(self.criu,
+                                           self.settings.shm / "run" / uuid.uuid4().hex)
+            except SnapStartError as exc:
+                log.warning("cannot prepare a restore slot: %s", exc)
+                self._stop.wait(1.0)
+                continue
+            with self._lock:
+                if self._closed:
+                    keep = False
+                else:
+                    self._slots.append(slot)
+                    keep = True
+            if not keep:
+                self._discard_slot(slot)
+                return
+
+    @staticmethod
+    def _discard_slot(slot: RestoreSlot) -> None:
+        slot.discard()
+        shutil.rmtree(slot.work_dir, ignore_errors=True)
 
     def _cold(self, info: VersionInfo, key: tuple[str, str], req: InvokeRequest,
               notes: list[str]) -> InvokeResult:
@@ -410,6 +463,13 @@ class Manager:
             sandboxes = list(self._all)
             self._all.clear()
             self._idle.clear()
+            slots, self._slots = self._slots, []
+            filler = self._slot_thread
+            self._slot_cond.notify_all()
+        if filler is not None:
+            filler.join()
+        for slot in slots:
+            self._discard_slot(slot)
         for sandbox in sandboxes:
             sandbox.kill()
 

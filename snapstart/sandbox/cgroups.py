@@ -59,7 +59,9 @@ class Cgroup:
     dirs: list[Path] = field(default_factory=list)
 
     @classmethod
-    def create(cls, name: str, *, memory_mb: int, pids_max: int = PIDS_MAX) -> "Cgroup":
+    def create(cls, name: str, *, memory_mb: int | None,
+               pids_max: int = PIDS_MAX) -> "Cgroup":
+        """Create the group; ``memory_mb=None`` leaves limits for ``limit()`` (pools)."""
         mode = cgroup_mode()
         group = cls(name=name, mode=mode)
         if mode == "none":
@@ -70,10 +72,6 @@ class Cgroup:
                     path = ROOT / controller / PARENT / name
                     path.mkdir(parents=True, exist_ok=True)
                     group.dirs.append(path)
-                mem, pids, cpu = group.dirs
-                _write(mem / "memory.limit_in_bytes", str(memory_mb << 20))
-                _write(pids / "pids.max", str(pids_max))
-                _write(cpu / "cpu.shares", str(max(2, 1024 * memory_mb // _FULL_CPU_MB)))
             else:
                 parent = ROOT / PARENT
                 parent.mkdir(exist_ok=True)
@@ -82,10 +80,10 @@ class Cgroup:
                 path = parent / name
                 path.mkdir(exist_ok=True)
                 group.dirs.append(path)
-                _write(path / "memory.max", str(memory_mb << 20))
                 _write(path / "memory.swap.max", "0")
-                _write(path / "pids.max", str(pids_max))
-                _write(path / "cpu.weight", str(max(1, 100 * memory_mb // _FULL_CPU_MB)))
+            group._pids(pids_max)
+            if memory_mb is not None:
+                group.limit(memory_mb)
         except OSError as exc:
             group.destroy()
             raise SandboxError(f"cannot create cgroup {name}: {exc}") from exc
@@ -93,6 +91,22 @@ class Cgroup:
             group.destroy()
             raise
         return group
+
+    def _pids(self, pids_max: int) -> None:
+        if self.mode == "v1":
+            _write(self.dirs[1] / "pids.max", str(pids_max))
+        elif self.mode == "v2":
+            _write(self.dirs[0] / "pids.max", str(pids_max))
+
+    def limit(self, memory_mb: int) -> None:
+        """Memory = the function's size; CPU share proportional to it (Lambda's rule)."""
+        if self.mode == "v1":
+            mem, _, cpu = self.dirs
+            _write(mem / "memory.limit_in_bytes", str(memory_mb << 20))
+            _write(cpu / "cpu.shares", str(max(2, 1024 * memory_mb // _FULL_CPU_MB)))
+        elif self.mode == "v2":
+            _write(self.dirs[0] / "memory.max", str(memory_mb << 20))
+            _write(self.dirs[0] / "cpu.weight", str(max(1, 100 * memory_mb // _FULL_CPU_MB)))
 
     def add(self, pid: int) -> None:
         for path in self.dirs:
@@ -148,18 +162,26 @@ class Cgroup:
 
 
 def sweep_stale() -> int:
-    """Remove empty snapstart cgroups left by a crashed manager; returns how many."""
+    """Remove empty snapstart groups whose owner (the pid in their name) is gone.
+
+    Groups are named ``<kind>-<owner pid>-<id>``; a live owner's empty groups (e.g.
+    a pool's) are left alone. Returns how many were removed.
+    """
     removed = 0
     bases = [ROOT / c / PARENT for c in _V1_CONTROLLERS] + [ROOT / PARENT]
     for base in bases:
         if not base.is_dir():
             continue
         for child in base.iterdir():
-            if child.is_dir():
-                try:
-                    if not (child / "cgroup.procs").read_text().split():
-                        child.rmdir()
-                        removed += 1
-                except OSError:
-                    pass
+            parts = child.name.split("-")
+            if not child.is_dir() or len(parts) < 3 or not parts[1].isdigit():
+                continue
+            if Path(f"/proc/{parts[1]}").exists():
+                continue
+            try:
+                if not (child / "cgroup.procs").read_text().split():
+                    child.rmdir()
+                    removed += 1
+            except OSError:
+                pass
     return removed

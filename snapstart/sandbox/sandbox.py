@@ -35,7 +35,7 @@ from typing import Callable
 
 from bootstrap import protocol
 
-from ..checkpoint.criu import Criu, DumpResult
+from ..checkpoint.criu import Criu, DumpResult, Worker
 from ..config import PROJECT_ROOT
 from ..errors import (AfterRestoreError, InitError, OutOfMemoryError, RuntimeExitError,
                       SandboxError, SandboxTimeoutError)
@@ -44,7 +44,8 @@ from .cgroups import Cgroup
 from .netns import NetNs, new_netns
 from .state import Lifecycle, SandboxState
 
-__all__ = ["Sandbox", "InvokeRequest", "InvokeResult", "reseed_crng", "LOG_TAIL_BYTES"]
+__all__ = ["Sandbox", "RestoreSlot", "InvokeRequest", "InvokeResult", "reseed_crng",
+           "LOG_TAIL_BYTES"]
 
 RNDRESEEDCRNG = 0x5207
 LOG_TAIL_BYTES = 256 * 1024      # per-invocation log kept in memory (Tail needs 4 KB)
@@ -60,6 +61,41 @@ def reseed_crng() -> None:
         raise SandboxError(f"cannot reseed the kernel CRNG (RNDRESEEDCRNG): {exc}") from exc
     finally:
         os.close(fd)
+
+
+@dataclass
+class RestoreSlot:
+    """Everything a restore needs before the snapshot is known: a fresh network
+    namespace with its control socketpair, a cgroup (limits set at use), and a
+    ``criu swrk`` worker already started inside that cgroup. Preparing one costs a
+    few ms (fork/exec of criu, cgroup migration); pools keep them ready."""
+
+    netns: NetNs
+    cgroup: Cgroup | None
+    worker: Worker
+    work_dir: Path
+
+    @classmethod
+    def prepare(cls, criu: Criu, work_dir: Path, *, cgroups: bool = True) -> "RestoreSlot":
+        netns = new_netns()
+        cgroup = None
+        try:
+            if cgroups:
+                cgroup = Cgroup.create(f"rs-{os.getpid()}-{netns.inode}", memory_mb=None)
+            worker = criu.spawn_worker(work_dir, netns_fd=netns.fd,
+                                       ctl_fd=netns.agent_sock.fileno(), cgroup=cgroup)
+        except BaseException:
+            netns.close()
+            if cgroup is not None:
+                cgroup.destroy()
+            raise
+        return cls(netns=netns, cgroup=cgroup, worker=worker, work_dir=work_dir)
+
+    def discard(self) -> None:
+        self.worker.close()
+        self.netns.close()
+        if self.cgroup is not None:
+            self.cgroup.destroy()
 
 
 @dataclass
@@ -211,26 +247,28 @@ class Sandbox:
     @classmethod
     def restore(cls, criu: Criu, images_dir: Path, work_dir: Path, *, ctl_inode: int,
                 name: str = "clone", memory_mb: int | None = None,
+                slot: "RestoreSlot | None" = None,
                 log_sink: Callable[[bytes], None] | None = None) -> "Sandbox":
-        """Clone a snapshot into a fresh network namespace (state RESTORING)."""
-        netns = new_netns()
-        cgroup = None
+        """Clone a snapshot into a fresh network namespace (state RESTORING).
+
+        ``slot``: a prepared namespace + cgroup + criu worker (``RestoreSlot``), so
+        the restore only sends the request; without one it is prepared here.
+        """
+        if slot is None:
+            slot = RestoreSlot.prepare(criu, work_dir, cgroups=memory_mb is not None)
         try:
-            if memory_mb is not None:
-                cgroup = Cgroup.create(f"rs-{os.getpid()}-{netns.inode}", memory_mb=memory_mb)
+            if slot.cgroup is not None and memory_mb is not None:
+                slot.cgroup.limit(memory_mb)
             reseed_crng()
-            pid = criu.restore(images_dir, work_dir, netns_fd=netns.fd,
-                               ctl_fd=netns.agent_sock.fileno(), ctl_inode=ctl_inode,
-                               cgroup=cgroup)
+            pid = criu.restore_with(slot.worker, images_dir, ctl_inode=ctl_inode)
         except BaseException:
-            netns.close()
-            if cgroup is not None:
-                cgroup.destroy()
+            slot.discard()
             raise
+        netns = slot.netns
         netns.close_agent_end()
         netns.close_fd()
         sandbox = cls(pid=pid, ctl=netns.host_sock, state=S.RESTORING, proc=None,
-                      log_sink=log_sink, name=name, cgroup=cgroup)
+                      log_sink=log_sink, name=name, cgroup=slot.cgroup)
         sandbox._netns_inode = netns.inode
         return sandbox
 
