@@ -57,7 +57,7 @@ venv: $(STAMPS)/venv
 doctor: venv
 	$(VENV)/bin/snapstart doctor
 
-demo: venv
+demo: venv node-ric
 	bash scripts/demo.sh
 
 unit: venv
@@ -66,7 +66,7 @@ unit: venv
 integration: venv
 	$(PY) -m pytest -q tests/integration
 
-test: venv
+test: venv node-ric
 	$(VENV)/bin/snapstart doctor
 	$(PY) -m pytest -q -ra tests
 
@@ -102,7 +102,20 @@ $(NODE_PREFIX)/.built-$(NODE_RIC_VERSION):
 	@rm -f $(NODE_PREFIX)/.built-*
 	@touch $@
 
-node-ric: $(NODE_PREFIX)/.built-$(NODE_RIC_VERSION)
+# The OpenSSL RAND engine and config that make Node's randomness snapshot-safe
+# (bootstrap/node/snapstart-preload.js explains), built against the same headers.
+$(NODE_PREFIX)/snapstart-rand-engine.so: bootstrap/node/snapstart-rand-engine.c $(NODE_PREFIX)/.built-$(NODE_RIC_VERSION)
+	nodedir=$$(node -p 'require("path").resolve(process.execPath, "../..")'); \
+	inc=$$nodedir/include/node; test -f $$inc/openssl/engine.h || inc=$$(ls -d $$HOME/.cache/node-gyp/$$(node -p 'process.versions.node')/include/node); \
+	gcc -shared -fPIC -O2 -Wall -Werror -Wno-deprecated-declarations -I$$inc -o $@.tmp $<
+	mv $@.tmp $@
+
+$(NODE_PREFIX)/openssl.cnf: bootstrap/node/openssl.cnf.in $(NODE_PREFIX)/snapstart-rand-engine.so
+	sed 's|@ENGINE@|$(NODE_PREFIX)/snapstart-rand-engine.so|' $< > $@.tmp
+	node --openssl-config=$@.tmp -e 'require("crypto").randomBytes(16)'
+	mv $@.tmp $@
+
+node-ric: $(NODE_PREFIX)/.built-$(NODE_RIC_VERSION) $(NODE_PREFIX)/openssl.cnf
 
 .PHONY: node-ric
 
@@ -110,15 +123,15 @@ node-ric: $(NODE_PREFIX)/.built-$(NODE_RIC_VERSION)
 # Benchmark-only Python deps go into the project venv from benches/requirements.txt
 # (not pyproject); the RIE binary and the sam CLI (own venv) into benches/.cache.
 # BENCH_N sets repetitions (default 20; BENCH_N=3 is a quick smoke run).
-$(STAMPS)/bench-deps: benches/requirements.txt benches/requirements-sam.txt benches/fetch-tools.sh | venv
+$(STAMPS)/bench-deps: $(STAMPS)/venv benches/requirements.txt benches/requirements-sam.txt benches/fetch-tools.sh
 	$(PY) -m pip install -q --disable-pip-version-check -r benches/requirements.txt
 	PYTHON=$(PY) bash benches/fetch-tools.sh $(ROOT)/benches/.cache
 	@touch $@
 
-bench: venv $(STAMPS)/bench-deps
+bench: $(STAMPS)/bench-deps
 	$(PY) benches/run.py
 
-bench-arm64: venv $(STAMPS)/bench-deps
+bench-arm64:
 	bash benches/arm64/run.sh
 
 .PHONY: bench bench-arm64
