@@ -36,13 +36,18 @@ __all__ = ["Settings", "FunctionConfig", "validate_name", "validate_alias",
            "PROJECT_ROOT", "RUNTIMES"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-RUNTIMES = ("python",)
+RUNTIMES = ("python", "node", "provided")
 
 # Lambda's rules: function names 1-64 of [a-zA-Z0-9-_]; aliases 1-128 of
 # [a-zA-Z0-9-_], not starting with a digit-only string (that is a version).
 _NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _ALIAS_RE = re.compile(r"^(?!^[0-9]+$)[a-zA-Z0-9_-]{1,128}$")
 _HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\.[A-Za-z_][A-Za-z0-9_]*$")
+# node: [dir/]module.export, as Lambda's Node.js runtimes accept it.
+_NODE_HANDLER_RE = re.compile(
+    r"^(?:[A-Za-z0-9_-]+/)*[A-Za-z0-9_-]+(?:\.[A-Za-z_$][A-Za-z0-9_$]*)+$")
+# provided: the handler is only handed to the custom runtime (as _HANDLER).
+_PROVIDED_HANDLER_RE = re.compile(r"^[A-Za-z0-9_.:/@+-]{1,128}$")
 _ENV_KEY_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]*$")
 # Lambda reserves these; a function may not set them.
 _RESERVED_ENV = {
@@ -130,7 +135,12 @@ class FunctionConfig:
         validate_name(self.name)
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"unknown runtime {self.runtime!r}; supported: {', '.join(RUNTIMES)}")
-        if not isinstance(self.handler, str) or not _HANDLER_RE.match(self.handler):
+        if self.runtime == "provided":
+            if not isinstance(self.handler, str) or not _PROVIDED_HANDLER_RE.match(self.handler):
+                raise ConfigError(f"invalid handler {self.handler!r}: 1-128 characters of "
+                                  "letters, digits and . _ - : / @ +")
+        elif not isinstance(self.handler, str) or not (
+                _NODE_HANDLER_RE if self.runtime == "node" else _HANDLER_RE).match(self.handler):
             raise ConfigError(
                 f"invalid handler {self.handler!r}: expected 'module.function' "
                 "(e.g. app.handler or pkg.mod.handler)")

@@ -64,6 +64,7 @@ def runtime_spec(config: FunctionConfig, settings: Settings, *, code_dir: Path,
         "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{config.name}",
         "AWS_LAMBDA_LOG_STREAM_NAME": log_stream or f"{version}/snapstart",
     }
+    reach: list[Path] = []         # what the runtime's uid must be able to read
     if config.runtime == "python":
         py = f"python{sys.version_info.major}.{sys.version_info.minor}"
         env["AWS_EXECUTION_ENV"] = f"AWS_Lambda_{py}"
@@ -77,14 +78,24 @@ def runtime_spec(config: FunctionConfig, settings: Settings, *, code_dir: Path,
         if hash_seed is not None:
             env["PYTHONHASHSEED"] = str(hash_seed)
         argv = [sys.executable, "-m", "awslambdaric", config.handler]
+    elif config.runtime == "node":
+        from .node import node_launch
+        launch = node_launch(config, snap_start=snap_start)
+        env.update(launch.env)
+        argv, reach = launch.argv, launch.reach
+    elif config.runtime == "provided":
+        from .provided import provided_argv
+        argv = provided_argv(code_dir)
     else:  # pragma: no cover - FunctionConfig refuses unknown runtimes
         raise ValueError(config.runtime)
     merged = dict(config.environment)
     merged.update(env)
     uid, gid = sandbox_identity(settings, [Path(argv[0]), code_dir, SITECUSTOMIZE_DIR]
-                                + ([packages_dir] if packages_dir else []))
+                                + ([packages_dir] if packages_dir else []) + reach)
+    # node (aws-lambda-ric 3.x) and provided have no restore/next: see their modules.
     return RuntimeSpec(argv=argv, env=merged, cwd=str(code_dir), init_type=init_type,
-                       uid=uid, gid=gid)
+                       uid=uid, gid=gid,
+                       snapshot_on_next=config.runtime in ("node", "provided"))
 
 
 def unreachable(path: Path, uid: int, gid: int) -> Path | None:

@@ -1,0 +1,7 @@
+class ConfigMissing extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'ConfigMissing';
+  }
+}
+throw new ConfigMissing('no config at init');
