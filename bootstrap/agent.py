@@ -56,6 +56,22 @@ def _json(obj: dict) -> bytes:
     return json.dumps(obj).encode()
 
 
+_HEADER_UNSAFE = bytes.maketrans(b"\r\n\0", b"   ")
+
+
+def _header_value(value: str | None) -> bytes:
+    """A caller's value (trace id, client-context JSON) as a header value h11 sends.
+
+    h11 refuses CR, LF, NUL and surrounding whitespace, and str values that are not
+    ASCII; either would end the runtime's GET /next (or, uncaught, this process).
+    CR/LF are whitespace in the client-context JSON, so blanking them keeps its
+    meaning; non-ASCII text goes as UTF-8.
+    """
+    if not value:
+        return b""
+    return value.encode("utf-8", "surrogateescape").translate(_HEADER_UNSAFE).strip(b" \t")
+
+
 class Conn:
     """One HTTP connection from the runtime."""
 
@@ -305,6 +321,12 @@ class Agent:
                 return
             except OSError:
                 data = b""
+            if not data and conn.parked:
+                # The client gave up on its parked GET /next (or /restore/next). Left
+                # registered, its EOF would spin this loop, and the next event would
+                # be delivered into the dead connection instead of to the runtime.
+                self._close(conn)
+                return
             try:
                 conn.h11.receive_data(data)
             except RuntimeError:  # receive after close
@@ -414,8 +436,9 @@ class Agent:
             for key, name in (("trace_id", "Lambda-Runtime-Trace-Id"),
                               ("client_context", "Lambda-Runtime-Client-Context"),
                               ("cognito", "Lambda-Runtime-Cognito-Identity")):
-                if msg.get(key):
-                    headers.append((name, msg[key]))
+                value = _header_value(msg.get(key))
+                if value:
+                    headers.append((name, value))
             self._respond(conn, 200, msg["payload"], headers)
 
     def _invocation_result(self, conn: Conn, request_id: str, kind: str, body: bytes) -> None:

@@ -246,7 +246,7 @@ def snapshots_verify(ref: str | None) -> None:
     """Re-hash everything; report damage; exit 1 on any."""
     from .registry import parse_ref
     name, version = (parse_ref(ref) if ref else (None, None))
-    if version is not None and not version.isdigit():
+    if version is not None and not (version.isascii() and version.isdigit()):
         from .registry import Registry
         version = Registry(_settings()).resolve(name, version).version
     damage = _store().verify(name, int(version) if version else None)
@@ -265,7 +265,7 @@ def snapshots_rm(ref: str) -> None:
     from .manager import Manager
     from .registry import parse_ref
     name, version = parse_ref(ref)
-    if not version or not version.isdigit():
+    if not version or not (version.isascii() and version.isdigit()):
         raise ConfigError("snapshots rm needs NAME:VERSION with a version number")
     with Manager(_settings(), keep_warm=False) as manager:
         manager.remove_version(name, int(version))

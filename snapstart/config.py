@@ -62,14 +62,14 @@ TIMEOUT_MAX = 900
 
 
 def validate_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):   # no trailing \n
         raise InvalidNameError(
             f"invalid function name {name!r}: 1-64 characters of letters, digits, '-' and '_'")
     return name
 
 
 def validate_alias(alias: str) -> str:
-    if not isinstance(alias, str) or not _ALIAS_RE.match(alias) or alias == "$LATEST":
+    if not isinstance(alias, str) or not _ALIAS_RE.fullmatch(alias) or alias == "$LATEST":
         raise InvalidNameError(
             f"invalid alias {alias!r}: 1-128 characters of letters, digits, '-' and '_', "
             "not all digits")

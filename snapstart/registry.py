@@ -276,7 +276,7 @@ class Registry:
             return self.version(name, published[-1]) if published else self.latest(name)
         if qualifier == LATEST:
             return self.latest(name)
-        if qualifier.isdigit():
+        if qualifier.isascii() and qualifier.isdigit():   # str.isdigit() also takes "²"
             return self.version(name, int(qualifier))
         try:
             validate_alias(qualifier)

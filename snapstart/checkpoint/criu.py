@@ -27,14 +27,17 @@ from __future__ import annotations
 
 import os
 import re
+import select
+import socket
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError, DumpError, RestoreError
 
-__all__ = ["Criu", "DumpResult", "Worker"]
+__all__ = ["Criu", "DumpResult", "Worker", "reap_restore_leftovers"]
 
 NETNS_KEY = "netns"
 _NETWORK_LOCK_SKIP = 3
@@ -157,6 +160,8 @@ class Criu:
                         os.set_inheritable(fd, False)
             worker = Worker(client=client, pid=client._comm.swrk, work_dir=work_dir,
                             work_fd=work_fd, netns_fd=netns_fd, ctl_fd=ctl_fd)
+            with _WORKERS_LOCK:
+                _WORKERS.add(worker.pid)
             if cgroup is not None:
                 cgroup.add(worker.pid)
             return worker
@@ -164,6 +169,8 @@ class Criu:
             os.close(work_fd)
             if client.sk is not None:
                 client._comm.disconnect()
+                with _WORKERS_LOCK:
+                    _WORKERS.discard(client._comm.swrk)
             if isinstance(exc, OSError):
                 raise RestoreError(f"cannot start criu swrk: {exc}") from exc
             raise
@@ -182,6 +189,9 @@ class Criu:
         ifd = opts.inherit_fd.add()
         ifd.key, ifd.fd = f"socket:[{ctl_inode}]", worker.ctl_fd
         try:
+            # pycriu blocks in recv() until swrk answers; see _SwrkSocket for why that
+            # would be forever if swrk dies mid-restore.
+            worker.client.sk = _SwrkSocket(worker.client.sk, worker.pid)
             resp = worker.client.restore()
         except pycriu.CRIUExceptionExternal as exc:
             raise RestoreError("CRIU could not restore the snapshot", request="restore",
@@ -202,6 +212,102 @@ class Criu:
 
 
 _FORK_LOCK = threading.Lock()
+_WORKERS: set[int] = set()       # pids of live swrk workers (pycriu reaps those itself)
+_WORKERS_LOCK = threading.Lock()
+
+
+class _SwrkSocket:
+    """pycriu's RPC socket, whose ``recv`` also returns when ``criu swrk`` dies.
+
+    The tasks CRIU has half-restored inherit swrk's end of the socketpair, so when
+    swrk dies mid-restore (killed, OOM in the clone's cgroup) no EOF ever comes and
+    pycriu would wait forever. A pidfd of swrk becomes readable when it exits.
+    """
+
+    def __init__(self, sock: socket.socket, pid: int) -> None:
+        self._sock = sock
+        self._pid = pid
+
+    def send(self, data: bytes) -> int:
+        return self._sock.send(data)
+
+    def recv(self, n: int, flags: int = 0) -> bytes:
+        poller = select.poll()            # not select(): fds above 1023 are normal here
+        poller.register(self._sock, select.POLLIN)
+        try:
+            pidfd = os.pidfd_open(self._pid)
+        except ProcessLookupError:        # already gone: only an answer it left counts
+            pidfd = -1
+        try:
+            if pidfd >= 0:
+                poller.register(pidfd, select.POLLIN)
+                poller.poll()
+            ready = {fd for fd, _ in poller.poll(0)}
+            if self._sock.fileno() not in ready:
+                raise ConnectionAbortedError(f"criu swrk (pid {self._pid}) exited "
+                                             "without answering")
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
+        return self._sock.recv(n, flags)
+
+
+def reap_restore_leftovers(timeout_s: float = 1.0) -> int:
+    """Reap what a failed restore leaves as zombies of this process; returns how many.
+
+    CRIU forks the clone's root (``rst_sibling``) and a helper as children of the
+    caller; when a restore fails half-way (criu killed, tree killed) they die
+    unreaped, and no pid of theirs was ever returned. They still carry CRIU's
+    process name, which a completed clone never does. Call after the clone's
+    cgroup is destroyed (its tasks are dying). Live swrk workers are left to pycriu.
+    """
+    reaped = 0
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pending = False
+        for pid in _own_children():
+            with _WORKERS_LOCK:
+                if pid in _WORKERS:
+                    continue
+            state = _comm_and_state(pid)
+            if state is None or state[0] != "criu":
+                continue
+            if state[1] not in "ZX":
+                pending = True            # still exiting
+                continue
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    reaped += 1
+            except ChildProcessError:
+                pass
+        if not pending or time.monotonic() > deadline:
+            return reaped
+        time.sleep(0.005)
+
+
+def _own_children() -> list[int]:
+    out: list[int] = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                out.extend(int(x) for x in f.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def _comm_and_state(pid: int) -> tuple[str, str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    comm = stat[stat.find("(") + 1:stat.rfind(")")]
+    return comm, stat[stat.rfind(")") + 2:][:1]
 
 
 @dataclass
@@ -229,3 +335,5 @@ class Worker:
             self.client._comm.disconnect()   # closes the socket, waits for swrk
         except (OSError, ChildProcessError):
             pass
+        with _WORKERS_LOCK:
+            _WORKERS.discard(self.pid)

@@ -23,7 +23,7 @@ _REF_RE = re.compile(
 def parse_function_ref(ref: str, qualifier: str | None = None) -> tuple[str, str | None]:
     if not isinstance(ref, str) or len(ref) > 256:
         raise InvalidNameError("invalid function name")
-    m = _REF_RE.match(ref)
+    m = _REF_RE.fullmatch(ref)     # `$` alone would accept a trailing newline
     if not m:
         raise InvalidNameError(
             f"1 validation error detected: Value '{ref[:140]}' at 'functionName' failed to "
@@ -32,7 +32,7 @@ def parse_function_ref(ref: str, qualifier: str | None = None) -> tuple[str, str
             "(function:)?([a-zA-Z0-9-_]+)(:(\\$LATEST|[a-zA-Z0-9-_]+))?")
     name, qual = validate_name(m.group("name")), m.group("qual")
     if qualifier:
-        if not re.match(r"^(\$LATEST|[A-Za-z0-9_-]{1,128})$", qualifier):
+        if not re.fullmatch(r"(\$LATEST|[A-Za-z0-9_-]{1,128})", qualifier):
             raise InvalidNameError(f"invalid qualifier {qualifier[:140]!r}")
         if qual and qual != qualifier:
             raise ConfigError("The derived qualifier from the function name does not match "

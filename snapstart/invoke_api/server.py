@@ -272,7 +272,10 @@ def _client_context(header: str | None) -> str | None:
                        f"Client context must be smaller than {MAX_CLIENT_CONTEXT} bytes")
     try:
         text = base64.b64decode(header, validate=True).decode("utf-8")
-        json.loads(text)
+        # an object: the runtime reads .get("client"/"custom"/"env") from it, and
+        # awslambdaric fails every invoke given a list, string or number
+        if not isinstance(json.loads(text), dict):
+            raise ValueError("not an object")
     except (binascii.Error, ValueError, UnicodeDecodeError):
         raise ApiError("InvalidRequestContentException",
                        "Client context must be a valid Base64-encoded JSON object.")

@@ -118,6 +118,7 @@ class Manager:
             self.settings.home.mkdir(parents=True, mode=0o711)
             os.chmod(self.settings.home, 0o711)   # traversable by the sandbox user
         (self.settings.shm / "run").mkdir(parents=True, exist_ok=True, mode=0o700)
+        _sweep_stale_dirs(self.settings.shm)   # ... and their CRIU work / staging dirs
 
     @property
     def store(self):
@@ -132,7 +133,7 @@ class Manager:
         """Init once, checkpoint, store: a new immutable version."""
         self.registry.set_latest(config, Path(code_dir))
         n, vdir = self.registry.allocate_version(config.name)
-        staging = self.settings.shm / "staging" / uuid.uuid4().hex
+        staging = self.settings.shm / "staging" / _private_name()
         try:
             shutil.copytree(self.registry.latest(config.name).code_dir, vdir / "code",
                             symlinks=True)
@@ -299,7 +300,7 @@ class Manager:
         self.store.check_compatible(manifest, criu_version=self.criu.version())
         images = self.store.materialize(info.name, n)
         slot = self._take_slot()
-        work = slot.work_dir if slot else self.settings.shm / "run" / uuid.uuid4().hex
+        work = slot.work_dir if slot else self.settings.shm / "run" / _private_name()
         try:
             sandbox = Sandbox.restore(self.criu, images, work,
                                       ctl_inode=int(info.snapshot["ctl_inode"]),
@@ -333,7 +334,7 @@ class Manager:
                     return
             try:
                 slot = RestoreSlot.prepare(self.criu,
-                                           self.settings.shm / "run" / uuid.uuid4().hex)
+                                           self.settings.shm / "run" / _private_name())
             except SnapStartError as exc:
                 log.warning("cannot prepare a restore slot: %s", exc)
                 self._stop.wait(1.0)
@@ -623,6 +624,26 @@ class Manager:
         for key in keys:
             self._replenish(key)
         return len(doomed)
+
+
+def _private_name() -> str:
+    """A work / staging dir name that says which process owns it (``<pid>-<hex>``)."""
+    return f"{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def _sweep_stale_dirs(shm: Path) -> None:
+    """Remove CRIU work dirs and publish staging dirs whose owner process is gone
+    (a manager killed with -9 leaves its prepared restore slots' dirs behind). The
+    tmpfs is shared by every manager of this SNAPSTART_SHM: a live owner's are kept."""
+    for parent in (shm / "run", shm / "staging"):
+        try:
+            entries = list(parent.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            owner = entry.name.split("-", 1)[0]
+            if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def _pid_dead(pid: int) -> bool:

@@ -35,7 +35,7 @@ from typing import Callable
 
 from bootstrap import protocol
 
-from ..checkpoint.criu import Criu, DumpResult, Worker
+from ..checkpoint.criu import Criu, DumpResult, Worker, reap_restore_leftovers
 from ..config import PROJECT_ROOT
 from ..errors import (AfterRestoreError, InitError, OutOfMemoryError, RuntimeExitError,
                       SandboxError, SandboxTimeoutError)
@@ -262,7 +262,8 @@ class Sandbox:
             reseed_crng()
             pid = criu.restore_with(slot.worker, images_dir, ctl_inode=ctl_inode)
         except BaseException:
-            slot.discard()
+            slot.discard()              # kills what CRIU restored so far (the cgroup)
+            reap_restore_leftovers()    # ... and reaps it: those tasks are our children
             raise
         netns = slot.netns
         netns.close_agent_end()
