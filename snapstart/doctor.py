@@ -101,6 +101,18 @@ def run_checks(settings: Settings) -> list[Check]:
         fstype = "?"
     checks.append(Check("L1 on tmpfs", fstype == "tmpfs", f"{settings.shm} ({fstype})",
                         "set SNAPSTART_SHM to a tmpfs directory", hard=False))
+    import sys
+
+    from .runtimes import SITECUSTOMIZE_DIR, unreachable
+    uid, gid = settings.sandbox_uid, settings.sandbox_gid
+    blocked = [p for p in (Path(sys.executable), SITECUSTOMIZE_DIR, settings.home)
+               if p.exists() and unreachable(p, uid, gid) is not None]
+    checks.append(Check("sandbox user", uid != 0 and not blocked,
+                        f"functions run as uid {uid}" if uid and not blocked else
+                        ("functions run as root (SNAPSTART_SANDBOX_UID=0)" if uid == 0 else
+                         f"uid {uid} cannot reach {blocked[0]}: functions would run as root"),
+                        "build the venv with `make` (Debian's /usr/bin/python3) and keep "
+                        "SNAPSTART_HOME under traversable directories", hard=False))
     return checks
 
 
