@@ -52,6 +52,20 @@ PREFIX = "/2018-06-01/runtime"
 _INVOCATION_RE = re.compile(r"^/2018-06-01/runtime/invocation/([^/]+)/(response|error)$")
 
 
+def _sendall(sock: socket.socket, data: bytes, *, timeout: float | None) -> bool:
+    """sendall on a non-blocking socket; False on error or after ``timeout`` s stalled."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view):]
+        except BlockingIOError:
+            if not selectors.select.select([], [sock], [], timeout)[1]:
+                return False
+        except OSError:
+            return False
+    return True
+
+
 def _json(obj: dict) -> bytes:
     return json.dumps(obj).encode()
 
@@ -132,16 +146,8 @@ class Agent:
 
     # ---- host channel -------------------------------------------------------------
     def emit(self, msg: dict) -> None:
-        data = protocol.encode(msg)
-        view = memoryview(data)
-        while view:
-            try:
-                n = self.ctl.send(view)
-                view = view[n:]
-            except BlockingIOError:
-                selectors.select.select([], [self.ctl], [], 5.0)
-            except OSError:
-                os._exit(0)  # host is gone: the sandbox dies with it (PID 1 exits)
+        if not _sendall(self.ctl, protocol.encode(msg), timeout=None):
+            os._exit(0)  # host is gone: the sandbox dies with it (PID 1 exits)
 
     def _on_ctl(self) -> None:
         try:
@@ -273,19 +279,9 @@ class Agent:
         conn.sock.close()
 
     def _send(self, conn: Conn, data: bytes) -> bool:
-        view = memoryview(data)
-        while view:
-            try:
-                n = conn.sock.send(view)
-                view = view[n:]
-            except BlockingIOError:
-                _, w, _ = selectors.select.select([], [conn.sock], [], 10.0)
-                if not w:
-                    self._close(conn)
-                    return False
-            except OSError:
-                self._close(conn)
-                return False
+        if not _sendall(conn.sock, data, timeout=10.0):
+            self._close(conn)          # a runtime that stopped reading, or is gone
+            return False
         return True
 
     def _respond(self, conn: Conn, status: int, body: bytes,

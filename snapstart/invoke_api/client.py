@@ -11,27 +11,20 @@ import base64
 import http.client
 import json
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import (FunctionNotFoundError, InvalidNameError, PayloadError, SnapStartError,
                       ThrottledError)
+from ..sandbox.sandbox import InvokeResult
 
 __all__ = ["invoke_remote", "RemoteResult"]
 
 
 @dataclass
-class RemoteResult:
-    request_id: str
-    payload: bytes
-    function_error: str | None
-    duration_ms: float
-    executed_version: str
-    logs: bytes = b""
-    start_type: str = "warm"
-    init_duration_ms: float | None = None
-    restore_duration_ms: float | None = None
-    max_memory_used_mb: int | None = None
-    notes: list[str] = field(default_factory=list)
+class RemoteResult(InvokeResult):
+    """An ``InvokeResult`` read from the Invoke API's response headers."""
+
+    executed_version: str = ""
 
 
 def _float(value: str | None) -> float | None:

@@ -14,6 +14,8 @@ import os
 import signal
 from pathlib import Path
 
+from ..sandbox.sandbox import children_of
+
 __all__ = ["find_orphans", "kill_orphans"]
 
 
@@ -29,14 +31,6 @@ def _cmdline(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
     except OSError:
         return []
 
@@ -71,7 +65,7 @@ def find_orphans(home: Path, shm: Path) -> list[tuple[int, int | None]]:
             if not (pargv and os.path.basename(pargv[0]) == "unshare" and _ppid(parent) == 1):
                 continue                              # its manager is alive
             holder = parent
-        if any(_under(child, roots) for child in _children(pid)):
+        if any(_under(child, roots) for child in children_of(pid)):
             out.append((pid, holder))
     return out
 

@@ -44,7 +44,7 @@ from .cgroups import Cgroup
 from .netns import NetNs, new_netns
 from .state import Lifecycle, SandboxState
 
-__all__ = ["Sandbox", "RestoreSlot", "InvokeRequest", "InvokeResult", "reseed_crng",
+__all__ = ["Sandbox", "RestoreSlot", "children_of", "InvokeRequest", "InvokeResult", "reseed_crng",
            "LOG_TAIL_BYTES"]
 
 RNDRESEEDCRNG = 0x5207
@@ -128,7 +128,8 @@ def _agent_env() -> dict[str, str]:
             "PYTHONPATH": str(PROJECT_ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def _children(pid: int) -> list[int]:
+def children_of(pid: int) -> list[int]:
+    """Child pids of ``pid`` (from /proc; needs CONFIG_PROC_CHILDREN)."""
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             return [int(x) for x in f.read().split()]
@@ -215,7 +216,7 @@ class Sandbox:
         deadline = time.monotonic() + 5
         pid = 0
         while time.monotonic() < deadline:
-            kids = _children(proc.pid)
+            kids = children_of(proc.pid)
             if kids:
                 pid = kids[0]
                 break
@@ -287,7 +288,7 @@ class Sandbox:
         return self._ctl_inode
 
     def runtime_pids(self) -> list[int]:
-        return _children(self.pid)
+        return children_of(self.pid)
 
     def max_memory_used_mb(self) -> int | None:
         """Peak memory of the sandbox: its cgroup's high-water mark, else VmHWM."""
