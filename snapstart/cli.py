@@ -233,11 +233,13 @@ def snapshots_ls(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows))
         return
-    click.echo(f"{'FUNCTION:VERSION':28} {'LOGICAL':>10} {'STORED':>10} {'RATIO':>6} {'SHARED':>10}")
+    click.echo(f"{'FUNCTION:VERSION':28} {'LOGICAL':>10} {'STORED':>10} {'RATIO':>6} "
+               f"{'SHARED':>10} ENCRYPTED")
     for row in rows:
         ref = f"{row['name']}:{row['version']}"
         click.echo(f"{ref:28} {row['logical_bytes'] / 2**20:9.1f}M {row['stored_bytes'] / 2**20:9.1f}M "
-                   f"{row['compression_ratio']:6.2f} {row['shared_bytes'] / 2**20:9.1f}M")
+                   f"{row['compression_ratio']:6.2f} {row['shared_bytes'] / 2**20:9.1f}M "
+                   f"{'yes' if row.get('encrypted') else 'no'}")
 
 
 @snapshots.command("verify")

@@ -10,6 +10,14 @@ Layout (under the store root)::
 Chunk file format: a single zstd frame (zstandard's ``compress``: the frame header
 carries the content size, checksum flag off -- SHA-256 is the checksum).
 
+Encrypted chunks (a ``ChunkStore`` given a ``StoreCipher``, crypto.py): the name is
+HMAC-SHA256(name subkey, uncompressed bytes) instead of SHA-256, and the file is
+``b"SSE1" | nonce (12) | AES-256-GCM(the zstd frame above) | tag (16)`` with the
+name as associated data (same path, same ``.zst`` suffix, so gc and verify need not
+know). Compression comes first: ciphertext does not compress. Which form a chunk
+must have is decided by its manifest (``encrypted``), never by the file's first
+bytes, so a plaintext chunk cannot stand in for an encrypted one.
+
 Writing (``write``): compress, write to tmp/, fsync, then ``link`` into place. A
 chunk that already exists is never replaced (``link`` fails with EEXIST and the
 temp file is dropped), so a chunk file changes only from absent to complete, and a
@@ -17,13 +25,16 @@ reader never sees a partial chunk under its final name.
 
 Reading (``read``) verifies, in this order, before trusting anything:
   1. the file exists (else "missing");
-  2. its size (fstat) <= zstd's compress bound of the expected raw size (else
-     "oversized"), before it is read;
+  2. its size (fstat) <= zstd's compress bound of the expected raw size (plus the
+     encryption overhead when encrypted) (else "oversized"), before it is read;
+  2a. encrypted: magic, then the GCM tag (else "corrupt (authentication failed...)"),
+     before anything is decompressed;
   3. the frame header's content size == the expected raw size (else "truncated or
      corrupt"; a frame without content size is refused);
   4. decompression with ``max_output_size = raw size`` succeeds and yields exactly
      raw size bytes;
-  5. SHA-256 of the output == the chunk's name (else "hash mismatch").
+  5. SHA-256 (encrypted: the keyed hash) of the output == the chunk's name (else
+     "hash mismatch").
 Failures raise ``SnapshotIntegrityError`` with the hash and the caller's label.
 
 This module must not know about manifests or versions; gc decides what is garbage.
@@ -32,6 +43,7 @@ This module must not know about manifests or versions; gc decides what is garbag
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import secrets
 import threading
@@ -43,6 +55,7 @@ import zstandard
 
 from ..errors import SnapshotIntegrityError
 from ._fs import create_file, fsync_dir, mkdir_private, write_all
+from .crypto import CHUNK_OVERHEAD, InvalidTag, StoreCipher
 
 __all__ = ["ChunkStore", "chunk_hash", "compress_bound"]
 
@@ -58,16 +71,23 @@ def compress_bound(n: int) -> int:
 
 
 class ChunkStore:
-    def __init__(self, chunks_dir: Path, tmp_dir: Path, level: int) -> None:
+    def __init__(self, chunks_dir: Path, tmp_dir: Path, level: int,
+                 cipher: StoreCipher | None = None) -> None:
         self.dir = chunks_dir
         self.tmp = tmp_dir
         self.level = level
+        # set: new chunks are written encrypted, under keyed names
+        self.cipher = cipher
         self._local = threading.local()
         self._dirfd = os.open(chunks_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         weakref.finalize(self, os.close, self._dirfd)
 
     def path(self, h: str) -> Path:
         return self.dir / h[:2] / f"{h}.zst"
+
+    def name(self, data: bytes) -> str:
+        """The name ``write`` expects for ``data``: keyed when encrypting."""
+        return chunk_hash(data) if self.cipher is None else self.cipher.chunk_name(data)
 
     def stored_size(self, h: str) -> int | None:
         """Size of the stored chunk, or None if it is absent."""
@@ -82,6 +102,8 @@ class ChunkStore:
         if existing is not None:
             return existing, False
         blob = self._cctx().compress(data)
+        if self.cipher is not None:
+            blob = self.cipher.seal_chunk(h, blob)
         tmp = self.tmp / f"{h}.{secrets.token_hex(4)}.tmp"
         fd = create_file(tmp)
         try:
@@ -113,17 +135,22 @@ class ChunkStore:
         if prefixes:
             fsync_dir(self.dir)
 
-    def read(self, h: str, raw_size: int, label: str, item: str) -> bytes:
+    def read(self, h: str, raw_size: int, label: str, item: str, *,
+             encrypted: bool = False) -> bytes:
         """The verified, decompressed chunk; ``SnapshotIntegrityError`` names
         ``label`` (the version), the chunk and ``item`` (the file) otherwise."""
-        data, reason = self.load(h, raw_size)
+        data, reason = self.load(h, raw_size, encrypted=encrypted)
         if data is None:
             raise SnapshotIntegrityError(f"{label}: chunk {h[:12]}.. {reason} ({item})")
         return data
 
-    def load(self, h: str, raw_size: int) -> tuple[bytes, None] | tuple[None, str]:
+    def load(self, h: str, raw_size: int, *,
+             encrypted: bool = False) -> tuple[bytes, None] | tuple[None, str]:
         """(verified bytes, None), or (None, what is wrong with the chunk)."""
-        bound = compress_bound(raw_size)
+        cipher = self.cipher
+        if encrypted and cipher is None:
+            return None, "is encrypted; set SNAPSTART_ENCRYPTION_KEY"
+        bound = compress_bound(raw_size) + (CHUNK_OVERHEAD if encrypted else 0)
         try:
             # relative to an open directory: no walk down the store's full path
             fd = os.open(f"{h[:2]}/{h}.zst", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dirfd)
@@ -141,6 +168,14 @@ class ChunkStore:
             return None, f"unreadable ({exc.strerror or exc})"
         finally:
             os.close(fd)
+        if encrypted and cipher is not None:
+            try:
+                blob = cipher.open_chunk(h, blob)
+            except ValueError as exc:
+                return None, f"corrupt ({exc})"
+            except InvalidTag:
+                return None, ("corrupt (authentication failed: modified, or encrypted "
+                              "with another key)")
         try:
             fcs = zstandard.frame_content_size(blob)
             if fcs != raw_size:
@@ -151,7 +186,9 @@ class ChunkStore:
             return None, f"truncated or corrupt ({exc})"
         if len(out) != raw_size:
             return None, f"truncated (decompressed {len(out)} of {raw_size} bytes)"
-        if hashlib.sha256(out).hexdigest() != h:
+        expect = (cipher.chunk_name(out) if encrypted and cipher is not None
+                  else hashlib.sha256(out).hexdigest())
+        if not hmac.compare_digest(expect, h):
             return None, "corrupt (hash mismatch)"
         return out, None
 

@@ -11,6 +11,16 @@ Layout of ``root`` (directories 0700, files 0600)::
     chunks/<h[0:2]>/<h>.zst          compressed chunks (format: chunks.py)
     tmp/                             chunks being written
 
+Encryption at rest (crypto.py): with an encryption key, ``put`` writes encrypted
+chunks under keyed names and a format-2 manifest (encrypted body); reading follows
+each manifest's own format, so a store that gains a key keeps serving its older
+plaintext versions, and one without the key refuses encrypted versions with
+"... encrypted; set SNAPSTART_ENCRYPTION_KEY". Without a key nothing changes: the
+files are byte-for-byte those of a store that never knew about encryption.
+Encryption covers L2 only: L1 entries (l1.py) are plaintext on tmpfs, 0700, since
+CRIU restores from plain files. The ``key`` file (HMAC) is not the encryption key
+and must not be: the encryption key is never written into the store.
+
 Publishing (``put``) is atomic: chunks first (temp file, fsync, link into place),
 then the chunk directories are fsynced, then the manifest is written to a temp file,
 fsynced and linked to its final name (``link`` refuses to replace: versions are
@@ -31,7 +41,9 @@ One ``LocalStore`` may be used from many threads, and many processes may open th
 same root and L1 directory. ``key`` (the HMAC key) is a public attribute.
 
 Environment (read only by ``from_settings``, from the mapping it is given):
-``SNAPSTART_STORE_KEY`` (hex, >= 16 bytes) and ``SNAPSTART_ZSTD_LEVEL`` (1-22, default 3).
+``SNAPSTART_STORE_KEY`` (hex, >= 16 bytes), ``SNAPSTART_ZSTD_LEVEL`` (1-22, default 3),
+``SNAPSTART_ENCRYPTION_KEY`` (64 hex) or ``SNAPSTART_ENCRYPTION_KEY_FILE`` (a 0600
+file of 32 raw bytes or 64 hex characters): crypto.py.
 """
 
 from __future__ import annotations
@@ -61,7 +73,8 @@ from . import host as _host
 from ._fs import (create_file, flocked, fsync_dir, mkdir_private, pwrite_all,
                   write_all)
 from .chunking import CHUNKER_ID, iter_chunks
-from .chunks import ChunkStore, chunk_hash
+from .chunks import ChunkStore
+from .crypto import StoreCipher, encryption_key_from_env
 from .l1 import L1Cache
 from .manifest import (ChunkRef, FileEntry, Manifest, check_json_able,
                        read_signed_body)
@@ -79,11 +92,14 @@ class LocalStore:
     """Snapshots under ``root``; materialized copies under ``l1_dir`` (tmpfs)."""
 
     def __init__(self, root: Path, l1_dir: Path, *, level: int = 3,
-                 l1_budget_bytes: int = 4 << 30, key: bytes | None = None) -> None:
+                 l1_budget_bytes: int = 4 << 30, key: bytes | None = None,
+                 encryption_key: bytes | None = None) -> None:
         if not isinstance(level, int) or not 1 <= level <= 22:
             raise ConfigError(f"zstd level must be an integer from 1 to 22, not {level!r}")
         if key is not None and len(key) < MIN_KEY_BYTES:
             raise ConfigError(f"store key must be at least {MIN_KEY_BYTES} bytes")
+        # None: publish unencrypted; ConfigError for a key of the wrong size
+        self._cipher = StoreCipher(encryption_key) if encryption_key is not None else None
         self.root = Path(root)
         self.level = level
         self._manifests = self.root / "manifests"
@@ -95,12 +111,12 @@ class LocalStore:
             self.key = key if key is not None else _load_or_create_key(self.root / "key")
             store_id = hmac.new(self.key, b"snapstart-store-id", hashlib.sha256).hexdigest()[:16]
             self._l1 = L1Cache(Path(l1_dir), store_id, l1_budget_bytes)
-            self._chunks = ChunkStore(self.root / "chunks", self._tmp, level)
+            self._chunks = ChunkStore(self.root / "chunks", self._tmp, level, self._cipher)
         except OSError as exc:
             raise StoreError(f"cannot open the snapshot store at {self.root}: {exc}") from exc
         self.workers = max(2, os.cpu_count() or 2)
         self._host: _host.HostFacts | None = None
-        self._parsed: OrderedDict[bytes, Manifest] = OrderedDict()
+        self._parsed: OrderedDict[tuple[bool, bytes], Manifest] = OrderedDict()
         self._parsed_lock = threading.Lock()
 
     @classmethod
@@ -120,7 +136,13 @@ class LocalStore:
             level = int(level_s)
         except ValueError as exc:
             raise ConfigError(f"SNAPSTART_ZSTD_LEVEL must be an integer, not {level_s!r}") from exc
-        return cls(settings.home / "store", settings.shm / "l1", level=level, key=key)
+        return cls(settings.home / "store", settings.shm / "l1", level=level, key=key,
+                   encryption_key=encryption_key_from_env(env))
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether ``put`` encrypts (reading follows each manifest's format)."""
+        return self._cipher is not None
 
     # -- publishing -----------------------------------------------------------------
 
@@ -146,12 +168,13 @@ class LocalStore:
                 if mpath.exists():
                     raise StoreError(f"{label} already exists: published versions are immutable")
                 entries = self._put_files(label, files, progress)
-                m = Manifest(name=name, version=version, files=tuple(entries), meta=full_meta)
+                m = Manifest(name=name, version=version, files=tuple(entries), meta=full_meta,
+                             encrypted=self._cipher is not None)
                 if not mpath.parent.is_dir():
                     mkdir_private(mpath.parent)
                     fsync_dir(self._manifests)
                 try:
-                    m.save_to(mpath, self.key, exclusive=True)
+                    m.save_to(mpath, self.key, exclusive=True, cipher=self._cipher)
                 except FileExistsError:
                     raise StoreError(
                         f"{label} already exists: published versions are immutable") from None
@@ -174,7 +197,7 @@ class LocalStore:
                     mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode) & 0o777
                     chunks: list[tuple[str, int]] = []
                     for data in iter_chunks(f.read):
-                        h = chunk_hash(data)
+                        h = self._chunks.name(data)
                         if h not in pending:
                             fut = pool.submit(self._chunks.write, h, data)
                             pending[h] = fut
@@ -196,15 +219,16 @@ class LocalStore:
     def manifest(self, name: str, version: int) -> Manifest:
         """The verified manifest (shared with later calls: do not mutate ``meta``)."""
         label = _label(name, version)
-        return self._parse(self._signed_body(name, version), name, version, label)
+        body, encrypted = self._signed_body(name, version)
+        return self._parse(body, encrypted, name, version, label)
 
     def materialize(self, name: str, version: int, *, progress: bool = False) -> Path:
         """An L1 directory of the version's verified files (built on first use)."""
         label = _label(name, version)
-        body = self._signed_body(name, version)
+        body, encrypted = self._signed_body(name, version)
 
         def build(dest: Path) -> None:
-            self._build(self._parse(body, name, version, label), dest, progress)
+            self._build(self._parse(body, encrypted, name, version, label), dest, progress)
 
         try:
             return self._l1.get(name, version, hashlib.sha256(body).hexdigest(), build)
@@ -234,7 +258,7 @@ class LocalStore:
 
             def restore(h: str) -> int:
                 raw, item = first[h]
-                data = self._chunks.read(h, raw, m.label, item)
+                data = self._chunks.read(h, raw, m.label, item, encrypted=m.encrypted)
                 for fd, off in targets[h]:
                     pwrite_all(fd, data, off)
                 return raw * len(targets[h])
@@ -345,7 +369,7 @@ class LocalStore:
             if name is not None and not selected:
                 raise FunctionNotFoundError(f"function {name} has no snapshot in the store")
         problems: list[str] = []
-        users: dict[str, tuple[int, list[tuple[str, str]]]] = {}
+        users: dict[str, tuple[int, bool, list[tuple[str, str]]]] = {}
         for n, v in selected:
             try:
                 m = self.manifest(n, v)
@@ -357,25 +381,26 @@ class LocalStore:
             for fe in m.files:
                 for c in fe.chunks:
                     where = (m.label, fe.path)
-                    refs = users.setdefault(c.hash, (c.raw_size, []))[1]
+                    refs = users.setdefault(c.hash, (c.raw_size, m.encrypted, []))[2]
                     if where not in refs:
                         refs.append(where)
         bad: dict[str, str] = {}
 
         def check(h: str) -> int:
-            data, reason = self._chunks.load(h, users[h][0])
+            data, reason = self._chunks.load(h, users[h][0], encrypted=users[h][1])
             if reason is not None:
                 bad[h] = reason
             return 0
 
         _run_parallel(users, check, self.workers, lambda n: None)
-        for h in sorted(bad, key=lambda h: users[h][1][0]):
-            for label, item in users[h][1]:
+        for h in sorted(bad, key=lambda h: users[h][2][0]):
+            for label, item in users[h][2]:
                 problems.append(f"{label}: chunk {h[:12]}.. {bad[h]} ({item})")
         return problems
 
     def stats(self) -> list[dict[str, Any]]:
-        """Per version: logical/stored/shared bytes, compression ratio, chunk count.
+        """Per version: logical/stored/shared bytes, compression ratio, chunk count,
+        whether it is encrypted at rest.
 
         ``stored_bytes`` counts each distinct chunk of the version once (compressed);
         ``shared_bytes`` is the part of it other versions reference too. Versions
@@ -402,7 +427,7 @@ class LocalStore:
                 "compression_ratio": round(logical / stored, 3) if stored else 0.0,
                 "shared_bytes": sum(c.stored_size for h, c in refs.items() if users[h] > 1),
                 "chunks": len(refs), "files": len(m.files),
-                "created": m.meta.get("created"),
+                "created": m.meta.get("created"), "encrypted": m.encrypted,
             })
         return out
 
@@ -422,26 +447,28 @@ class LocalStore:
     def _manifest_path(self, name: str, version: int) -> Path:
         return self._manifests / name / f"{version}.msgpack"
 
-    def _signed_body(self, name: str, version: int) -> bytes:
+    def _signed_body(self, name: str, version: int) -> tuple[bytes, bool]:
         label = _label(name, version)
         try:
-            return read_signed_body(self._manifest_path(name, version), self.key, label)
+            return read_signed_body(self._manifest_path(name, version), self.key, label,
+                                    self._cipher)
         except FileNotFoundError:
             raise FunctionNotFoundError(f"{label} not found in the snapshot store") from None
         except OSError as exc:
             raise StoreError(f"reading the manifest of {label} failed: {exc}") from exc
 
-    def _parse(self, body: bytes, name: str, version: int, label: str) -> Manifest:
+    def _parse(self, body: bytes, encrypted: bool, name: str, version: int,
+               label: str) -> Manifest:
         # Parsing ~650 chunk references costs ~5 ms; the manager asks for the
         # manifest on every restore. The body's signature was just checked, so a
         # cache keyed by its hash returns exactly what parsing it would.
-        digest = hashlib.sha256(body).digest()
+        digest = (encrypted, hashlib.sha256(body).digest())
         with self._parsed_lock:
             m = self._parsed.get(digest)
             if m is not None:
                 self._parsed.move_to_end(digest)
         if m is None:
-            m = Manifest.from_body(body, what=label)
+            m = Manifest.from_body(body, what=label, encrypted=encrypted)
             with self._parsed_lock:
                 self._parsed[digest] = m
                 while len(self._parsed) > _PARSED_CACHE:

@@ -11,10 +11,20 @@ File format (``root/manifests/<name>/<version>.msgpack``, mode 0600)::
 
     offset   size  field
     0        8     MAGIC = b"SNAPMAN1"
-    8        2     format version, u16 big-endian (= 1)
+    8        2     format version, u16 big-endian: 1 = plaintext, 2 = encrypted body
     10       4     body length N, u32 big-endian
-    14       N     body: canonical msgpack (below)
+    14       N     version 1: body, canonical msgpack (below)
+                   version 2: key id (8) | nonce (12) | AES-256-GCM(body) | tag (16),
+                   associated data = MAGIC + the u16 format version (crypto.py)
     14+N     32    HMAC-SHA256(store key, bytes[0 : 14+N])
+
+Version 2 is written when the store has an encryption key: the body holds the
+function's configuration (environment variables), so it is a secret. The HMAC is
+over the stored (encrypted) bytes and checked first; then the key id tells "wrong
+key" apart from damage; then the tag is checked. A version-2 manifest read without
+a key fails with "... is encrypted; set SNAPSTART_ENCRYPTION_KEY". ``encrypted``
+(the Manifest field) says which version it was read from / will be written as, and
+so whether its chunks are encrypted (chunks.py): never mixed within a version.
 
 Body: a msgpack map, written canonically (map keys sorted, at every level; ints in
 their shortest form; floats as float64), so equal manifests written by this module
@@ -29,17 +39,18 @@ have equal bytes and equal digests::
 ``path`` is relative, "/"-separated, normalised (no "", ".", ".." components);
 ``mode`` is the permission bits (<= 0o777); a file's bytes are its chunks'
 uncompressed bytes concatenated; ``hash`` is SHA-256 of a chunk's uncompressed
-bytes; ``stored_size`` (compressed size) is informational (stats), never trusted.
+bytes (version 2: their keyed hash, crypto.py); ``stored_size`` (compressed size) is informational (stats), never trusted.
 
 The body is not compressed (a 46 MiB image's manifest is ~30 KiB), so the only
 size to bound before parsing is the file's. ``digest`` = SHA-256 of the body bytes
-as stored (hex); it keys materialized copies (L1).
+as stored (version 2: as decrypted) (hex); it keys materialized copies (L1).
 
 Load order, each step guarding the next (``from_bytes``):
   1. file size <= MAX_MANIFEST_BYTES (16 MiB), checked with fstat before reading;
   2. magic, format version, N == size - 46;
   3. HMAC, constant-time; a manifest modified or written by another store (another
      key) fails here: "not signed by this store's key";
+  3a. version 2: key id, then AES-GCM decryption and tag check;
   4. msgpack, with the unpacker's length limits and strict map keys;
   5. schema and limits: <= MAX_FILES files, <= MAX_CHUNKS chunk references,
      1 <= raw_size <= MAX_CHUNK_RAW (4 MiB), sum(raw_size) == size,
@@ -66,13 +77,15 @@ import msgpack
 
 from ..errors import SnapshotIntegrityError
 from ._fs import create_file, fsync_dir, write_all
+from .crypto import StoreCipher
 
-__all__ = ["Manifest", "FileEntry", "ChunkRef", "MAGIC", "FORMAT_VERSION",
+__all__ = ["Manifest", "FileEntry", "ChunkRef", "MAGIC", "FORMAT_VERSION", "FORMAT_VERSION_ENCRYPTED",
            "MAX_MANIFEST_BYTES", "MAX_CHUNK_RAW", "MAX_LOGICAL_BYTES", "MAX_FILES",
            "MAX_CHUNKS", "read_signed_body", "check_json_able"]
 
 MAGIC = b"SNAPMAN1"
 FORMAT_VERSION = 1
+FORMAT_VERSION_ENCRYPTED = 2
 _HEADER = struct.Struct(">8sHI")
 _MAC_LEN = 32
 MAX_MANIFEST_BYTES = 16 << 20
@@ -84,7 +97,8 @@ _HASH_LEN = 32
 
 
 class ChunkRef(NamedTuple):
-    """One chunk of a file: SHA-256 (hex) of its uncompressed bytes, sizes."""
+    """One chunk of a file: SHA-256 (hex; keyed if encrypted) of its uncompressed
+    bytes, sizes."""
 
     hash: str
     raw_size: int
@@ -109,6 +123,8 @@ class Manifest:
     version: int
     files: tuple[FileEntry, ...]
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # stored as format version 2 (encrypted body, encrypted chunks); module docstring
+    encrypted: bool = False
 
     @property
     def label(self) -> str:
@@ -139,34 +155,45 @@ class Manifest:
         """Distinct chunks of this version, by hash."""
         return {c.hash: c for f in self.files for c in f.chunks}
 
-    def to_bytes(self, key: bytes) -> bytes:
+    def to_bytes(self, key: bytes, cipher: StoreCipher | None = None) -> bytes:
+        """The signed file; encrypted (version 2) iff ``self.encrypted``."""
         body = self.body
+        fmt = FORMAT_VERSION
+        if self.encrypted:
+            if cipher is None:
+                raise ValueError(f"manifest {self.label} is encrypted: a cipher is needed")
+            fmt = FORMAT_VERSION_ENCRYPTED
+            body = cipher.seal_manifest(body, _aad(fmt))
         if len(body) + _HEADER.size + _MAC_LEN > MAX_MANIFEST_BYTES:
             raise ValueError(f"manifest {self.label} exceeds {MAX_MANIFEST_BYTES} bytes")
-        head = _HEADER.pack(MAGIC, FORMAT_VERSION, len(body)) + body
+        head = _HEADER.pack(MAGIC, fmt, len(body)) + body
         return head + hmac.new(key, head, hashlib.sha256).digest()
 
     @classmethod
-    def from_bytes(cls, data: bytes, key: bytes, *, what: str = "manifest") -> "Manifest":
-        return cls.from_body(_open_envelope(data, key, what), what=what)
+    def from_bytes(cls, data: bytes, key: bytes, *, what: str = "manifest",
+                   cipher: StoreCipher | None = None) -> "Manifest":
+        body, encrypted = _open_envelope(data, key, what, cipher)
+        return cls.from_body(body, what=what, encrypted=encrypted)
 
     @classmethod
-    def from_body(cls, body: bytes, *, what: str = "manifest") -> "Manifest":
+    def from_body(cls, body: bytes, *, what: str = "manifest",
+                  encrypted: bool = False) -> "Manifest":
         """Parse a body whose signature was already checked (``read_signed_body``)."""
         try:
             raw = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
         except Exception as exc:  # msgpack raises several unrelated types
             raise SnapshotIntegrityError(f"{what}: undecodable manifest body: {exc}") from exc
-        m = _from_obj(raw, what)
+        m = _from_obj(raw, what, encrypted)
         m.__dict__["body"] = body  # the cached_property's slot: digest = hash of these bytes
         return m
 
-    def save_to(self, path: Path, key: bytes, *, exclusive: bool = False) -> None:
+    def save_to(self, path: Path, key: bytes, *, exclusive: bool = False,
+                cipher: StoreCipher | None = None) -> None:
         """Write atomically (temp file in the same directory, fsync, rename/link).
 
         ``exclusive``: fail with ``FileExistsError`` if ``path`` exists.
         """
-        data = self.to_bytes(key)
+        data = self.to_bytes(key, cipher)
         path = Path(path)
         tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
         fd = create_file(tmp)
@@ -188,13 +215,16 @@ class Manifest:
         fsync_dir(path.parent)
 
     @classmethod
-    def load_from(cls, path: Path, key: bytes, *, what: str | None = None) -> "Manifest":
+    def load_from(cls, path: Path, key: bytes, *, what: str | None = None,
+                  cipher: StoreCipher | None = None) -> "Manifest":
         what = what or f"manifest {path}"
-        return cls.from_body(read_signed_body(Path(path), key, what), what=what)
+        body, encrypted = read_signed_body(Path(path), key, what, cipher)
+        return cls.from_body(body, what=what, encrypted=encrypted)
 
 
-def read_signed_body(path: Path, key: bytes, what: str) -> bytes:
-    """Steps 1-3 of loading: the verified body, unparsed.
+def read_signed_body(path: Path, key: bytes, what: str,
+                     cipher: StoreCipher | None = None) -> tuple[bytes, bool]:
+    """Steps 1-3a of loading: (the verified, decrypted body, unparsed; encrypted?).
 
     ``FileNotFoundError`` propagates (the caller knows what "absent" means).
     """
@@ -206,10 +236,15 @@ def read_signed_body(path: Path, key: bytes, what: str) -> bytes:
         data = f.read(MAX_MANIFEST_BYTES + 1)
     if len(data) > MAX_MANIFEST_BYTES:
         raise SnapshotIntegrityError(f"{what}: manifest grew over the size limit while read")
-    return _open_envelope(data, key, what)
+    return _open_envelope(data, key, what, cipher)
 
 
-def _open_envelope(data: bytes, key: bytes, what: str) -> bytes:
+def _aad(fmt: int) -> bytes:
+    return MAGIC + fmt.to_bytes(2, "big")
+
+
+def _open_envelope(data: bytes, key: bytes, what: str,
+                   cipher: StoreCipher | None) -> tuple[bytes, bool]:
     if len(data) > MAX_MANIFEST_BYTES:
         raise SnapshotIntegrityError(
             f"{what}: manifest is {len(data)} bytes, over the {MAX_MANIFEST_BYTES}-byte limit")
@@ -218,7 +253,7 @@ def _open_envelope(data: bytes, key: bytes, what: str) -> bytes:
     magic, fmt, n = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise SnapshotIntegrityError(f"{what}: not a snapstart manifest (bad magic)")
-    if fmt != FORMAT_VERSION:
+    if fmt not in (FORMAT_VERSION, FORMAT_VERSION_ENCRYPTED):
         raise SnapshotIntegrityError(f"{what}: unsupported manifest format version {fmt}")
     if n != len(data) - _HEADER.size - _MAC_LEN:
         raise SnapshotIntegrityError(
@@ -228,7 +263,16 @@ def _open_envelope(data: bytes, key: bytes, what: str) -> bytes:
         raise SnapshotIntegrityError(
             f"{what}: manifest signature mismatch: modified, or not signed by this "
             "store's key")
-    return head[_HEADER.size:]
+    if fmt == FORMAT_VERSION:
+        return head[_HEADER.size:], False
+    if cipher is None:
+        raise SnapshotIntegrityError(
+            f"{what}: the snapshot is encrypted; set SNAPSTART_ENCRYPTION_KEY (or "
+            "SNAPSTART_ENCRYPTION_KEY_FILE)")
+    try:
+        return cipher.open_manifest(head[_HEADER.size:], _aad(fmt)), True
+    except ValueError as exc:
+        raise SnapshotIntegrityError(f"{what}: manifest {exc}") from None
 
 
 def check_json_able(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -250,7 +294,7 @@ def _canonical(obj: Any) -> Any:
     return obj
 
 
-def _from_obj(raw: Any, what: str) -> Manifest:
+def _from_obj(raw: Any, what: str, encrypted: bool) -> Manifest:
     def bad(msg: str) -> SnapshotIntegrityError:
         return SnapshotIntegrityError(f"{what}: malformed manifest: {msg}")
 
@@ -301,7 +345,8 @@ def _from_obj(raw: Any, what: str) -> Manifest:
         if total > MAX_LOGICAL_BYTES:
             raise bad(f"total size over the {MAX_LOGICAL_BYTES}-byte limit")
         entries.append(FileEntry(path, mode, size, tuple(refs)))
-    return Manifest(name=name, version=version, files=tuple(entries), meta=meta)
+    return Manifest(name=name, version=version, files=tuple(entries), meta=meta,
+                    encrypted=encrypted)
 
 
 def _check_meta(obj: Any, bad: Any, depth: int = 0) -> None:

@@ -178,3 +178,30 @@ def test_runtime_is_confined(manager, publish, settings):
         assert out["status"]["Seccomp"] == "2"
         assert out["status"]["CapEff"] == "0000000000000000"
         assert out["status"]["CapPrm"] == "0000000000000000"
+
+
+def test_encrypted_snapshot_restores_and_hides_secrets(settings, monkeypatch):
+    """SNAPSTART_ENCRYPTION_KEY: chunks and manifest are AES-GCM at rest; a restore
+    works with the key; without it the invoke falls back to a cold start."""
+    from pathlib import Path
+
+    from snapstart.config import FunctionConfig
+    from snapstart.manager import Manager
+
+    functions = Path(__file__).resolve().parent.parent / "functions"
+    monkeypatch.setenv("SNAPSTART_ENCRYPTION_KEY", "ab" * 32)
+    secret = "s3cr3t-value-in-env"
+    with Manager(settings) as manager:
+        manager.publish(functions / "hello", FunctionConfig(
+            name="hello", handler="app.handler", environment={"DB_PASSWORD": secret}))
+        result = manager.invoke("hello", force_new=True)
+        assert result.start_type == "restored"
+    for path in (settings.home / "store").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    monkeypatch.delenv("SNAPSTART_ENCRYPTION_KEY")
+    with Manager(settings) as manager:
+        manager.store.clear_l1()
+        fallback = manager.invoke("hello", force_new=True)
+        assert fallback.start_type == "cold"
+        assert any("encrypted" in note for note in fallback.notes)

@@ -545,3 +545,148 @@ def test_from_settings(tmp_path, image):
         LocalStore.from_settings(settings, environ={"SNAPSTART_STORE_KEY": "xyz"})
     s.put("fn", 1, make_image_dir(tmp_path / "small", pages_mib=0.25), {})
     assert s.materialize("fn", 1).parent == tmp_path / "shm" / "l1"
+
+
+# -- encryption at rest ------------------------------------------------------------------
+
+ENC_KEY = bytes(range(32))
+SECRET_ENV = "hunter2-db-password-0123456789"
+MARKER = b"PLAINTEXT-MARKER-in-the-heap-7f3a"
+
+
+def enc_store(tmp_path, key: bytes | None = ENC_KEY) -> LocalStore:
+    return LocalStore(tmp_path / "store", tmp_path / "l1", encryption_key=key)
+
+
+def secret_image(path: Path) -> Path:
+    img = make_image_dir(path, seed=7, pages_mib=1)
+    (img / "marker.img").write_bytes(MARKER * 2000 + os.urandom(5000) + MARKER)
+    return img
+
+
+def test_encrypted_round_trip_hides_plaintext(tmp_path):
+    import hashlib
+    from snapstart.store.manifest import MAGIC
+    store = enc_store(tmp_path)
+    img = secret_image(tmp_path / "img")
+    meta = {"runtime": "python", "environment": {"DB_PASSWORD": SECRET_ENV}}
+    m = store.put("fn", 1, img, meta)
+    assert m.encrypted and store.encrypted
+    again = store.manifest("fn", 1)
+    assert again == m and again.meta["environment"]["DB_PASSWORD"] == SECRET_ENV
+    same_tree(img, store.materialize("fn", 1))
+    assert store.stats()[0]["encrypted"] is True and store.verify() == []
+    root = tmp_path / "store"
+    mbytes = (root / "manifests" / "fn" / "1.msgpack").read_bytes()
+    assert mbytes[:10] == MAGIC + b"\x00\x02"
+    stored = [p for p in root.rglob("*") if p.is_file() and p.name != "key"]
+    assert len(stored) == len(chunk_files(root)) + 2  # + manifest + gc.lock
+    for p in stored:
+        data = p.read_bytes()
+        assert MARKER not in data and SECRET_ENV.encode() not in data, p
+        assert b"DB_PASSWORD" not in data and b"pages-1.img" not in data, p
+        assert stat.S_IMODE(p.stat().st_mode) & 0o077 == 0, p
+    for p in chunk_files(root):
+        assert p.read_bytes()[:4] == b"SSE1"
+    # names are keyed: the plaintext's SHA-256 appears nowhere
+    small = (img / "inventory.img").read_bytes()
+    assert hashlib.sha256(small).hexdigest() not in {p.stem for p in chunk_files(root)}
+    assert all(stat.S_IMODE(d.stat().st_mode) == 0o700 for d in root.rglob("*") if d.is_dir())
+
+
+def test_encrypted_dedup(tmp_path, image, image_v2):
+    store = enc_store(tmp_path)
+    store.put("fn", 1, image, {})
+    n = len(chunk_files(tmp_path / "store"))
+    store.put("fn", 2, image, {})
+    assert len(chunk_files(tmp_path / "store")) == n  # identical image: nothing new
+    store.put("fn", 3, image_v2, {})
+    s3 = store.stats()[2]
+    assert s3["encrypted"] and s3["shared_bytes"] / s3["stored_bytes"] >= 0.9
+    same_tree(image_v2, store.materialize("fn", 3))
+
+
+@pytest.mark.parametrize("damage", ["chunk_flip", "chunk_swap", "manifest_flip",
+                                    "manifest_resigned"])
+def test_encrypted_tampering_detected(tmp_path, damage):
+    import hmac as _hmac
+    store = enc_store(tmp_path)
+    store.put("fn", 1, secret_image(tmp_path / "img"), {"e": SECRET_ENV})
+    mpath = tmp_path / "store" / "manifests" / "fn" / "1.msgpack"
+    bad = pages_chunk(store, "fn", 1, index=1)
+    cpath = tmp_path / "store" / "chunks" / bad.hash[:2] / f"{bad.hash}.zst"
+    expect = ["fn:1", bad.hash[:12], "pages-1.img", "authentication failed"]
+    if damage == "chunk_flip":
+        _flip(cpath, cpath.stat().st_size // 2)
+    elif damage == "chunk_swap":  # a valid ciphertext of another chunk, renamed
+        other = pages_chunk(store, "fn", 1, index=2)
+        shutil.copy(cpath.parent.parent / other.hash[:2] / f"{other.hash}.zst", cpath)
+    elif damage == "manifest_flip":
+        _flip(mpath, 40)
+        expect = ["fn:1", "not signed by this store's key"]
+    else:  # someone with the HMAC key but not the encryption key
+        data = bytearray(mpath.read_bytes()[:-32])
+        data[40] ^= 1
+        mpath.write_bytes(bytes(data) + _hmac.digest(store.key, bytes(data), "sha256"))
+        expect = ["fn:1", "failed authentication"]
+    with pytest.raises(SnapshotIntegrityError) as info:
+        store.materialize("fn", 1)
+    assert all(w in str(info.value) for w in expect), info.value
+    assert l1_leftovers(tmp_path / "l1") == []
+    problems = store.verify()
+    assert problems and all(w in problems[0] for w in expect), problems
+
+
+def test_encrypted_without_or_with_wrong_key(tmp_path):
+    enc_store(tmp_path).put("fn", 1, secret_image(tmp_path / "img"), {})
+    plain = enc_store(tmp_path, key=None)
+    for op in (plain.manifest, plain.materialize):
+        with pytest.raises(SnapshotIntegrityError,
+                           match=r"fn:1: .*encrypted; set SNAPSTART_ENCRYPTION_KEY"):
+            op("fn", 1)
+    assert "encrypted; set SNAPSTART_ENCRYPTION_KEY" in plain.verify()[0]
+    wrong = enc_store(tmp_path, key=os.urandom(32))
+    with pytest.raises(SnapshotIntegrityError, match="different key"):
+        wrong.materialize("fn", 1)
+    assert l1_leftovers(tmp_path / "l1") == []
+    with pytest.raises(ConfigError):
+        enc_store(tmp_path, key=b"short")
+
+
+def test_store_gaining_a_key_keeps_plaintext_versions(tmp_path, image):
+    small = make_image_dir(tmp_path / "img", seed=4, pages_mib=1)
+    enc_store(tmp_path, key=None).put("fn", 1, small, {})
+    store = enc_store(tmp_path)
+    store.put("fn", 2, small, {})
+    assert [r["encrypted"] for r in store.stats()] == [False, True]
+    same_tree(small, store.materialize("fn", 1))
+    same_tree(small, store.materialize("fn", 2))
+    assert store.verify() == []
+    store.remove("fn", 2)
+    store.gc()
+    assert all(p.read_bytes()[:4] != b"SSE1" for p in chunk_files(tmp_path / "store"))
+
+
+def test_encryption_key_from_settings(tmp_path):
+    settings = Settings(home=tmp_path / "home", criu="criu", shm=tmp_path / "shm")
+    assert not LocalStore.from_settings(settings, environ={}).encrypted
+    s = LocalStore.from_settings(settings, environ={"SNAPSTART_ENCRYPTION_KEY": ENC_KEY.hex()})
+    assert s.encrypted
+    s.put("fn", 1, make_image_dir(tmp_path / "small", pages_mib=0.25), {})
+    raw, hexf = tmp_path / "raw.key", tmp_path / "hex.key"
+    raw.write_bytes(ENC_KEY)
+    hexf.write_text(ENC_KEY.hex() + "\n")
+    for f in (raw, hexf):
+        os.chmod(f, 0o600)
+        t = LocalStore.from_settings(settings, environ={"SNAPSTART_ENCRYPTION_KEY_FILE": str(f)})
+        assert t.manifest("fn", 1).encrypted  # the same key
+    os.chmod(raw, 0o644)
+    with pytest.raises(ConfigError, match="0644.*chmod 600"):
+        LocalStore.from_settings(settings, environ={"SNAPSTART_ENCRYPTION_KEY_FILE": str(raw)})
+    for env in ({"SNAPSTART_ENCRYPTION_KEY": "ab" * 16},
+                {"SNAPSTART_ENCRYPTION_KEY": "xyz"},
+                {"SNAPSTART_ENCRYPTION_KEY_FILE": str(tmp_path / "absent")},
+                {"SNAPSTART_ENCRYPTION_KEY": ENC_KEY.hex(),
+                 "SNAPSTART_ENCRYPTION_KEY_FILE": str(hexf)}):
+        with pytest.raises(ConfigError):
+            LocalStore.from_settings(settings, environ=env)
