@@ -195,7 +195,7 @@ class Agent:
         self.runtime_pid = pid
         self.log_fd = r
         os.set_blocking(r, False)
-        self.sel.register(r, selectors.EVENT_READ, self._on_log)
+        self.sel.register(r, selectors.EVENT_READ, self._drain_logs)
 
     def _op_invoke(self, msg: dict) -> None:
         self.queue.append(msg)
@@ -228,9 +228,6 @@ class Agent:
                 self.log_fd = None
                 return
             self.emit({"op": "log", "data": data})
-
-    def _on_log(self) -> None:
-        self._drain_logs()
 
     def _on_signal(self) -> None:
         try:

@@ -42,9 +42,10 @@ from datetime import datetime, timezone
 from aiohttp import web
 
 from ..config import Settings
-from ..errors import PayloadError, SnapStartError, ThrottledError
+from ..errors import SnapStartError, ThrottledError
 from ..events import EventStore, EventWorker, RetryPolicy
 from ..logs import TAIL_BYTES, LogWriter, invocation_block
+from ..manager.manager import MAX_SYNC_PAYLOAD, check_payload
 from ..registry import LATEST
 from .errors import ApiError, from_exception
 from .metrics import CONTENT_TYPE, Metrics
@@ -54,7 +55,6 @@ __all__ = ["ServeOptions", "InvokeService", "create_app", "serve"]
 
 log = logging.getLogger("snapstart.serve")
 
-MAX_SYNC_PAYLOAD = 6 * 1024 * 1024
 MAX_EVENT_PAYLOAD = 256 * 1024
 MAX_CLIENT_CONTEXT = 3583
 
@@ -146,7 +146,7 @@ class InvokeService:
     def enqueue(self, name: str, qualifier: str | None, body: bytes, *, trace_id: str,
                 client_context: str | None) -> tuple[str, str]:
         info = self.manager.registry.resolve(name, qualifier)
-        _check_json(body)
+        check_payload(body, MAX_EVENT_PAYLOAD)
         event_id = self.events.add(name, qualifier, body, trace_id=trace_id,
                                    client_context=client_context)
         self.metrics.events.labels(name).inc()
@@ -224,13 +224,6 @@ class InvokeService:
         self.manager.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.control.shutdown(wait=False, cancel_futures=True)
-
-
-def _check_json(body: bytes) -> None:
-    try:
-        json.loads(body or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PayloadError(f"Could not parse request body into json: {exc}") from None
 
 
 # ---- HTTP layer ---------------------------------------------------------------------

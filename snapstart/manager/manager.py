@@ -50,11 +50,22 @@ from ..sandbox.sandbox import InvokeRequest, InvokeResult, RestoreSlot, Sandbox
 from ..sandbox.state import SandboxState
 from .limits import ConcurrencyLimits
 
-__all__ = ["Manager", "PublishResult", "MAX_SYNC_PAYLOAD"]
+__all__ = ["Manager", "PublishResult", "MAX_SYNC_PAYLOAD", "check_payload"]
 
 log = logging.getLogger("snapstart.manager")
 MAX_SYNC_PAYLOAD = 6 * 1024 * 1024
 PR_SET_CHILD_SUBREAPER = 36
+
+
+def check_payload(payload: bytes, limit: int = MAX_SYNC_PAYLOAD) -> None:
+    """Lambda's checks on an invocation payload: size, then JSON."""
+    if len(payload) > limit:
+        raise PayloadError(f"Request must be smaller than {limit} bytes for the "
+                           "InvokeFunction operation", error_type="RequestTooLargeException")
+    try:
+        json.loads(payload or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PayloadError(f"Could not parse request body into json: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -171,12 +182,11 @@ class Manager:
                         "criu_version": self.criu.version()}
             meta = {"config": config.to_dict(), "runtime": config.runtime,
                     "python": sys.version.split()[0], **snapshot}
-            manifest = self.store.put(config.name, n, staging / "images", meta, progress=progress)
+            self.store.put(config.name, n, staging / "images", meta, progress=progress)
             stored = self._stored_bytes(config.name, n)
             self.registry.commit_version(config.name, n, config, snapshot)
             log.info("published %s:%d (init %.0f ms, dump %.0f ms, %d bytes)", config.name, n,
                      init_ms, dump_ms, dump.image_bytes)
-            del manifest
             return PublishResult(name=config.name, version=n, init_duration_ms=init_ms,
                                  dump_duration_ms=dump_ms, image_bytes=dump.image_bytes,
                                  stored_bytes=stored)
@@ -220,7 +230,7 @@ class Manager:
                client_context: str | None = None, trace_id: str | None = None,
                request_id: str | None = None) -> InvokeResult:
         info = self.registry.resolve(name, qualifier)
-        self._check_payload(payload)
+        check_payload(payload)
         req = InvokeRequest(request_id=request_id or str(uuid.uuid4()), payload=payload,
                             arn=self.settings.function_arn(name, info.version
                                                            if info.version != LATEST else None),
@@ -231,16 +241,6 @@ class Manager:
             return self._dispatch(info, req, no_snapshot=no_snapshot, force_new=force_new)
         finally:
             self._release(info.name)
-
-    @staticmethod
-    def _check_payload(payload: bytes) -> None:
-        if len(payload) > MAX_SYNC_PAYLOAD:
-            raise PayloadError(f"Request must be smaller than {MAX_SYNC_PAYLOAD} bytes for the "
-                               "InvokeFunction operation", error_type="RequestTooLargeException")
-        try:
-            json.loads(payload or b"null")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise PayloadError(f"Could not parse request body into json: {exc}") from None
 
     def _acquire(self, name: str | None = None) -> None:
         with self._lock:
@@ -441,17 +441,16 @@ class Manager:
                 members.discard(sandbox)
 
     def _pop_idle(self, key: tuple[str, str]) -> Sandbox | None:
-        with self._lock:
-            pool = self._idle.get(key)
-            candidates = []
-            while pool:
-                candidates.append(pool.pop())
-                break
-        for sandbox in candidates:
+        """The most recently used idle clone that is still healthy (others are dropped)."""
+        while True:
+            with self._lock:
+                pool = self._idle.get(key)
+                if not pool:
+                    return None
+                sandbox = pool.pop()
             if sandbox.healthy():
                 return sandbox
             self._untrack(sandbox)
-        return self._pop_idle(key) if candidates else None
 
     def idle_count(self, name: str | None = None) -> int:
         with self._lock:

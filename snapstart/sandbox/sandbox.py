@@ -526,11 +526,10 @@ class Sandbox:
                 os.waitpid(self.pid, 0)       # restored clones, or a reparented agent
             except ChildProcessError:
                 pass
-            for sock in (self.ctl,):
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+            try:
+                self.ctl.close()
+            except OSError:
+                pass
             if self._netns is not None:
                 self._netns.close()
                 self._netns = None
