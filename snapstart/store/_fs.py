@@ -40,6 +40,16 @@ def create_file(path: Path | str) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
 
 
+def write_new_file(path: Path | str, data: bytes | memoryview) -> None:
+    """Create ``path`` (private, must not exist), write ``data`` and fsync it."""
+    fd = create_file(path)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

@@ -54,7 +54,7 @@ from typing import Iterator
 import zstandard
 
 from ..errors import SnapshotIntegrityError
-from ._fs import create_file, fsync_dir, mkdir_private, write_all
+from ._fs import fsync_dir, mkdir_private, write_new_file
 from .crypto import CHUNK_OVERHEAD, InvalidTag, StoreCipher
 
 __all__ = ["ChunkStore", "chunk_hash", "compress_bound"]
@@ -105,13 +105,8 @@ class ChunkStore:
         if self.cipher is not None:
             blob = self.cipher.seal_chunk(h, blob)
         tmp = self.tmp / f"{h}.{secrets.token_hex(4)}.tmp"
-        fd = create_file(tmp)
         try:
-            try:
-                write_all(fd, blob)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_new_file(tmp, blob)
             final = self.path(h)
             try:
                 os.link(tmp, final)

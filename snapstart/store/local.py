@@ -70,8 +70,7 @@ from ..config import Settings, validate_name
 from ..errors import (ConfigError, FunctionNotFoundError, SnapshotIntegrityError,
                       SnapStartError, StoreError)
 from . import host as _host
-from ._fs import (create_file, flocked, fsync_dir, mkdir_private, pwrite_all,
-                  write_all)
+from ._fs import (create_file, flocked, fsync_dir, mkdir_private, pwrite_all, write_new_file)
 from .chunking import CHUNKER_ID, iter_chunks
 from .chunks import ChunkStore
 from .crypto import StoreCipher, encryption_key_from_env
@@ -516,11 +515,8 @@ def _load_or_create_key(path: Path) -> bytes:
     except FileNotFoundError:
         pass
     tmp = path.parent / f".key.tmp-{secrets.token_hex(6)}"
-    fd = create_file(tmp)
     try:
-        write_all(fd, os.urandom(32))
-        os.fsync(fd)
-        os.close(fd)
+        write_new_file(tmp, os.urandom(32))
         with contextlib.suppress(FileExistsError):  # another process won the race
             os.link(tmp, path)
     finally:

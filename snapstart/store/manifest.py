@@ -76,7 +76,7 @@ from typing import Any, Mapping, NamedTuple
 import msgpack
 
 from ..errors import SnapshotIntegrityError
-from ._fs import create_file, fsync_dir, write_all
+from ._fs import fsync_dir, write_new_file
 from .crypto import StoreCipher
 
 __all__ = ["Manifest", "FileEntry", "ChunkRef", "MAGIC", "FORMAT_VERSION", "FORMAT_VERSION_ENCRYPTED",
@@ -196,13 +196,8 @@ class Manifest:
         data = self.to_bytes(key, cipher)
         path = Path(path)
         tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
-        fd = create_file(tmp)
         try:
-            try:
-                write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_new_file(tmp, data)
             if exclusive:
                 os.link(tmp, path)
             else:
