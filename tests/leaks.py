@@ -314,6 +314,16 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def metrics(self) -> dict[str, float]:
+        """GET /metrics, as {sample name with labels: value}."""
+        text = urllib.request.urlopen(self.url + "/metrics", timeout=10).read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
+
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()

@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,28 +15,17 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from leaks import ServerProcess, serve_env  # noqa: E402
+
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_criu]
 
 FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
 PROJECT = Path(__file__).resolve().parent.parent.parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(home) -> dict:
-    env = dict(os.environ, SNAPSTART_HOME=str(home.home), SNAPSTART_SHM=str(home.shm),
-               AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-               AWS_DEFAULT_REGION="us-east-1", PYTHONPATH=str(PROJECT))
-    env.pop("AWS_PROFILE", None)
-    return env
-
-
 def _cli(home, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "snapstart.cli", *args], env=_env(home),
+    proc = subprocess.run([sys.executable, "-m", "snapstart.cli", *args], env=serve_env(home),
                           capture_output=True, text=True, timeout=timeout, cwd=str(PROJECT))
     if check:
         assert proc.returncode == 0, proc.stderr
@@ -59,68 +46,13 @@ def _sandbox_pids(home) -> list[int]:
     return out
 
 
-class Server:
-    def __init__(self, home, *args: str) -> None:
-        self.home = home
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(home.home.parent / f"serve-{self.port}.log", "w+")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "snapstart.cli", "serve", "--port", str(self.port), *args],
-            env=_env(home), stdout=self.log, stderr=subprocess.STDOUT, cwd=str(PROJECT))
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/metrics", timeout=2).read()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise AssertionError("server did not start: " + self.output())
-                time.sleep(0.1)
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
-
-    def client(self):
-        import boto3
-        from botocore.config import Config
-        return boto3.client("lambda", endpoint_url=self.url, region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing",
-                            config=Config(retries={"total_max_attempts": 1}, read_timeout=60))
-
-    def metrics(self) -> dict[str, float]:
-        text = urllib.request.urlopen(self.url + "/metrics", timeout=10).read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                out[key] = float(value)
-        return out
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
 @pytest.fixture
 def serve(home):
-    """serve(*args) -> a running Server; every server is stopped and every clone gone after."""
-    servers: list[Server] = []
+    """serve(*args) -> a running ServerProcess; every server is stopped and every clone gone after."""
+    servers: list[ServerProcess] = []
 
-    def start(*args: str) -> Server:
-        server = Server(home, *args)
+    def start(*args: str) -> ServerProcess:
+        server = ServerProcess(home, *args, log_dir=home.home.parent)
         servers.append(server)
         return server
 
@@ -193,7 +125,7 @@ def test_aws_cli_invoke(home, serve, tmp_path):
         [sys.executable, "-m", "awscli", "lambda", "invoke", "--function-name", "hello",
          "--payload", '{"from": "cli"}',
          "--log-type", "Tail", "--endpoint-url", server.url, "--region", "us-east-1",
-         str(out)], env=_env(home), capture_output=True, text=True, timeout=120)
+         str(out)], env=serve_env(home), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     meta = json.loads(proc.stdout)
     assert meta["StatusCode"] == 200 and meta["ExecutedVersion"] == "1"
