@@ -68,15 +68,21 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--memory", "memory_mb", type=int, default=512, show_default=True, help="MB")
 @click.option("--timeout", "timeout_s", type=float, default=3.0, show_default=True, help="seconds")
 @click.option("--env", "env", multiple=True, metavar="K=V", help="Environment variable.")
+@click.option("--ephemeral-storage", "ephemeral_mb", type=int, default=512, show_default=True,
+              help="Size of the private /tmp, MB (512-10240).")
+@click.option("--egress", is_flag=True,
+              help="Give clones a veth to the host (link-local 169.254.x.x addresses).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def publish(directory: Path, name: str, handler: str, runtime: str, memory_mb: int,
-            timeout_s: float, env: tuple[str, ...], as_json: bool) -> None:
+            timeout_s: float, env: tuple[str, ...], ephemeral_mb: int, egress: bool,
+            as_json: bool) -> None:
     """Init DIRECTORY's function once, snapshot it, record a new immutable version."""
     from .config import FunctionConfig
     from .manager import Manager
 
     config = FunctionConfig(name=name, handler=handler, runtime=runtime, memory_mb=memory_mb,
-                            timeout_s=timeout_s, environment=_parse_env(env))
+                            timeout_s=timeout_s, environment=_parse_env(env),
+                            ephemeral_storage_mb=ephemeral_mb, egress=egress)
     with Manager(_settings(), keep_warm=False) as manager:
         result = manager.publish(directory, config, progress=sys.stderr.isatty())
     if as_json:

@@ -58,6 +58,7 @@ _RESERVED_ENV = {
     "AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR",
 }
 MEMORY_MIN, MEMORY_MAX = 128, 10240
+EPHEMERAL_MIN, EPHEMERAL_MAX = 512, 10240   # /tmp size, MB (Lambda's EphemeralStorage)
 TIMEOUT_MAX = 900
 
 
@@ -130,6 +131,8 @@ class FunctionConfig:
     memory_mb: int = 512
     timeout_s: float = 3.0
     environment: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    ephemeral_storage_mb: int = 512     # size cap of the clone's private /tmp
+    egress: bool = False                # a veth with link-local addresses (netns.py)
 
     def __post_init__(self) -> None:
         validate_name(self.name)
@@ -146,6 +149,12 @@ class FunctionConfig:
                 "(e.g. app.handler or pkg.mod.handler)")
         if not isinstance(self.memory_mb, int) or not MEMORY_MIN <= self.memory_mb <= MEMORY_MAX:
             raise ConfigError(f"memory must be an integer between {MEMORY_MIN} and {MEMORY_MAX} MB")
+        if (not isinstance(self.ephemeral_storage_mb, int)
+                or not EPHEMERAL_MIN <= self.ephemeral_storage_mb <= EPHEMERAL_MAX):
+            raise ConfigError(f"ephemeral storage must be an integer between {EPHEMERAL_MIN} "
+                              f"and {EPHEMERAL_MAX} MB")
+        if not isinstance(self.egress, bool):
+            raise ConfigError("egress must be true or false")
         if not isinstance(self.timeout_s, (int, float)) or not 0 < self.timeout_s <= TIMEOUT_MAX:
             raise ConfigError(f"timeout must be between 1 and {TIMEOUT_MAX} seconds")
         env = dict(self.environment)
@@ -165,7 +174,8 @@ class FunctionConfig:
     def to_dict(self) -> dict:
         return {"name": self.name, "handler": self.handler, "runtime": self.runtime,
                 "memory_mb": self.memory_mb, "timeout_s": self.timeout_s,
-                "environment": dict(self.environment)}
+                "environment": dict(self.environment),
+                "ephemeral_storage_mb": self.ephemeral_storage_mb, "egress": self.egress}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "FunctionConfig":
@@ -174,6 +184,8 @@ class FunctionConfig:
                        runtime=data.get("runtime", "python"),
                        memory_mb=int(data.get("memory_mb", 512)),
                        timeout_s=float(data.get("timeout_s", 3.0)),
-                       environment=dict(data.get("environment") or {}))
+                       environment=dict(data.get("environment") or {}),
+                       ephemeral_storage_mb=int(data.get("ephemeral_storage_mb", 512)),
+                       egress=bool(data.get("egress", False)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"malformed function config: {exc}") from exc

@@ -89,9 +89,12 @@ def home(monkeypatch):
 
 
 @pytest.fixture
-def sandbox_writable():
-    """A directory the unprivileged function user may write (marker files)."""
-    path = Path(tempfile.mkdtemp(prefix="snapstart-shared-", dir="/tmp"))
+def sandbox_writable(settings):
+    """A host directory the unprivileged function user may write (marker files).
+    Sandboxes see /tmp privately and /var/tmp, /dev/shm read-only, so it lives in
+    SNAPSTART_HOME, which every sandbox keeps reaching."""
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o711)
+    path = Path(tempfile.mkdtemp(prefix="shared-", dir=settings.home))
     os.chmod(path, 0o1777)
     yield path
     shutil.rmtree(path, ignore_errors=True)

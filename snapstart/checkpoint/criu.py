@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import CheckpointError, DumpError, RestoreError
 
@@ -100,8 +101,12 @@ class Criu:
         return client
 
     def dump(self, pid: int, images_dir: Path, work_dir: Path, *, netns_inode: int,
-             unix_inodes: list[int]) -> DumpResult:
-        """Checkpoint the tree rooted at ``pid`` into ``images_dir``; the tree is killed."""
+             unix_inodes: list[int], fork_in: Callable | None = None) -> DumpResult:
+        """Checkpoint the tree rooted at ``pid`` into ``images_dir``; the tree is killed.
+
+        ``fork_in(fn)`` runs ``fn`` (which forks ``criu swrk`` and talks to it) where
+        CRIU must run: the sandbox's mount namespace, so CRIU has none to dump.
+        """
         import pycriu
 
         images_dir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +127,10 @@ class Criu:
             for ino in unix_inodes:
                 opts.external.append(f"unix[{ino}]")
             try:
-                client.dump()
+                if fork_in is None:
+                    client.dump()
+                else:
+                    fork_in(client.dump)
             except pycriu.CRIUExceptionExternal as exc:
                 raise DumpError("CRIU could not checkpoint the sandbox", request="dump",
                                 errno=exc.errno, log_tail=_log_tail(work_dir, "dump.log")) from exc
@@ -136,12 +144,14 @@ class Criu:
         return DumpResult(image_bytes=size)
 
     def spawn_worker(self, work_dir: Path, *, netns_fd: int, ctl_fd: int,
-                     cgroup=None) -> "Worker":
+                     cgroup=None, fork_in: Callable | None = None) -> "Worker":
         """Start ``criu swrk`` for one restore, ahead of the request.
 
         The worker inherits the clone's netns fd, its control socket end and its work
         dir (pycriu forks without closing fds); with ``cgroup`` it is moved into the
         clone's group, so every restored task is born inside the clone's limits.
+        ``fork_in(fn)`` runs the fork where swrk must live (the clone's new mount
+        namespace: CRIU restores the tree into its own).
         """
         work_dir.mkdir(parents=True, exist_ok=True)
         client = self._client()
@@ -154,7 +164,8 @@ class Criu:
                 for fd in fds:
                     os.set_inheritable(fd, True)
                 try:
-                    client.sk = client._comm.connect(False)
+                    connect = lambda: client._comm.connect(False)  # noqa: E731
+                    client.sk = connect() if fork_in is None else fork_in(connect)
                 finally:
                     for fd in fds:
                         os.set_inheritable(fd, False)
@@ -204,11 +215,6 @@ class Criu:
             worker.close()
         return resp.pid
 
-    def restore(self, images_dir: Path, work_dir: Path, *, netns_fd: int, ctl_fd: int,
-                ctl_inode: int, cgroup=None) -> int:
-        """Restore a clone now (spawn a worker, then restore); return its root's pid."""
-        worker = self.spawn_worker(work_dir, netns_fd=netns_fd, ctl_fd=ctl_fd, cgroup=cgroup)
-        return self.restore_with(worker, images_dir, ctl_inode=ctl_inode)
 
 
 _FORK_LOCK = threading.Lock()

@@ -171,6 +171,7 @@ class InvokeService:
             "Handler": cfg.handler, "CodeSize": 0, "Description": "",
             "Timeout": int(cfg.timeout_s) if float(cfg.timeout_s).is_integer() else cfg.timeout_s,
             "MemorySize": cfg.memory_mb, "LastModified": _iso(mtime),
+            "EphemeralStorage": {"Size": cfg.ephemeral_storage_mb},
             "Version": version, "State": "Active", "LastUpdateStatus": "Successful",
             "PackageType": "Zip", "Architectures": [os.uname().machine.replace("aarch64", "arm64")],
             "Environment": {"Variables": dict(cfg.environment)},

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..checkpoint.criu import Criu
-from ..config import FunctionConfig, Settings
+from ..config import PROJECT_ROOT, FunctionConfig, Settings
 from ..errors import (AfterRestoreError, CheckpointError, ConfigError, InitError,
                       OutOfMemoryError,
                       PayloadError, PublishError, RestoreError, RuntimeExitError,
@@ -46,6 +47,7 @@ from ..errors import (AfterRestoreError, CheckpointError, ConfigError, InitError
 from ..registry import LATEST, Registry, VersionInfo
 from ..runtimes import runtime_spec
 from ..sandbox.cgroups import sweep_stale as sweep_stale_cgroups
+from ..sandbox.mountns import EPHEMERAL_DEFAULT_MB, PrivateTmp
 from ..sandbox.sandbox import InvokeRequest, InvokeResult, RestoreSlot, Sandbox
 from ..sandbox.state import SandboxState
 from .limits import ConcurrencyLimits
@@ -123,6 +125,10 @@ class Manager:
         self._slots: list[RestoreSlot] = []
         self._slot_cond = threading.Condition(self._lock)
         self._slot_thread: threading.Thread | None = None
+        # every sandbox's private /tmp keeps these reachable when they are under /tmp
+        self._tmp = PrivateTmp.for_paths(EPHEMERAL_DEFAULT_MB, [
+            self.settings.home, self.settings.shm, PROJECT_ROOT, sys.prefix,
+            os.path.dirname(os.path.realpath(self.settings.criu))])
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         sweep_stale_cgroups()   # groups of managers that died without cleaning up
         if not self.settings.home.exists():
@@ -160,6 +166,8 @@ class Manager:
             sandbox = self._track(Sandbox.spawn(spec, name=f"{config.name}:{n}:publish",
                                                 deterministic=True, hash_seed=seed,
                                                 memory_mb=config.memory_mb,
+                                                tmp=self._tmp_for(config),
+                                                egress=config.egress,
                                                 log_sink=self._sink(config.name, "publish")))
             try:
                 kind = sandbox.wait_init(init_timeout_s)
@@ -197,6 +205,9 @@ class Manager:
             raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _tmp_for(self, config: FunctionConfig) -> PrivateTmp:
+        return dataclasses.replace(self._tmp, size_mb=config.ephemeral_storage_mb)
 
     def _hash_seed(self, name: str) -> int:
         """A per-function PYTHONHASHSEED: stable across versions (so snapshots of two
@@ -306,6 +317,8 @@ class Manager:
                                       ctl_inode=int(info.snapshot["ctl_inode"]),
                                       name=f"{info.name}:{info.version}",
                                       memory_mb=info.config.memory_mb, slot=slot,
+                                      tmp=self._tmp_for(info.config),
+                                      egress=info.config.egress,
                                       log_sink=self._sink(info.name, info.version))
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -334,7 +347,8 @@ class Manager:
                     return
             try:
                 slot = RestoreSlot.prepare(self.criu,
-                                           self.settings.shm / "run" / _private_name())
+                                           self.settings.shm / "run" / _private_name(),
+                                           tmp=self._tmp)
             except SnapStartError as exc:
                 log.warning("cannot prepare a restore slot: %s", exc)
                 self._stop.wait(1.0)
@@ -362,6 +376,8 @@ class Manager:
         t0 = time.monotonic()
         sandbox = self._track(Sandbox.spawn(spec, name=f"{info.name}:{info.version}",
                                             memory_mb=info.config.memory_mb,
+                                            tmp=self._tmp_for(info.config),
+                                            egress=info.config.egress,
                                             log_sink=self._sink(info.name, info.version)))
         logs = bytearray()
         try:

@@ -11,6 +11,9 @@ Process layout of a cold sandbox (why: ../shared/PLATFORM.md)::
     manager ── nsenter --net=<anon netns> ── exec unshare --pid --time --ipc --uts --fork
                                                   └── agent (PID 1, setsid) ── runtime
 
+started from a thread inside a new mount namespace whose /tmp is a private tmpfs
+(mountns.py), so the whole tree has it.
+
 A restored sandbox's agent is a direct child of the manager (CRIU ``rst_sibling``).
 Killing the agent (SIGKILL) ends the whole PID namespace.
 
@@ -40,8 +43,10 @@ from ..config import PROJECT_ROOT
 from ..errors import (AfterRestoreError, InitError, OutOfMemoryError, RuntimeExitError,
                       SandboxError, SandboxTimeoutError)
 from ..runtimes import RuntimeSpec
+from . import mountns
 from .cgroups import Cgroup
-from .netns import NetNs, new_netns
+from .mountns import PrivateTmp
+from .netns import Egress, NetNs, add_egress, new_netns
 from .state import Lifecycle, SandboxState
 
 __all__ = ["Sandbox", "RestoreSlot", "children_of", "InvokeRequest", "InvokeResult", "reseed_crng",
@@ -66,30 +71,39 @@ def reseed_crng() -> None:
 @dataclass
 class RestoreSlot:
     """Everything a restore needs before the snapshot is known: a fresh network
-    namespace with its control socketpair, a cgroup (limits set at use), and a
-    ``criu swrk`` worker already started inside that cgroup. Preparing one costs a
-    few ms (fork/exec of criu, cgroup migration); pools keep them ready."""
+    namespace with its control socketpair, a cgroup (limits set at use), a mount
+    namespace with an empty private /tmp, and a ``criu swrk`` worker already started
+    inside both. Preparing one costs a few ms (fork/exec of criu, cgroup migration);
+    pools keep them ready."""
 
     netns: NetNs
     cgroup: Cgroup | None
     worker: Worker
     work_dir: Path
+    tmp: PrivateTmp
 
     @classmethod
-    def prepare(cls, criu: Criu, work_dir: Path, *, cgroups: bool = True) -> "RestoreSlot":
+    def prepare(cls, criu: Criu, work_dir: Path, *, cgroups: bool = True,
+                tmp: PrivateTmp | None = None) -> "RestoreSlot":
+        """``tmp``: the private /tmp (default: 512 MB, keeping snapstart, its Python
+        and CRIU reachable); managers pass theirs (mountns.PrivateTmp.for_paths)."""
+        if tmp is None:
+            tmp = PrivateTmp.for_paths(mountns.EPHEMERAL_DEFAULT_MB,
+                                       _needed_paths(os.path.dirname(criu.binary)))
         netns = new_netns()
         cgroup = None
         try:
             if cgroups:
                 cgroup = Cgroup.create(f"rs-{os.getpid()}-{netns.inode}", memory_mb=None)
             worker = criu.spawn_worker(work_dir, netns_fd=netns.fd,
-                                       ctl_fd=netns.agent_sock.fileno(), cgroup=cgroup)
+                                       ctl_fd=netns.agent_sock.fileno(), cgroup=cgroup,
+                                       fork_in=lambda fn: mountns.run_in_new(tmp, fn))
         except BaseException:
             netns.close()
             if cgroup is not None:
                 cgroup.destroy()
             raise
-        return cls(netns=netns, cgroup=cgroup, worker=worker, work_dir=work_dir)
+        return cls(netns=netns, cgroup=cgroup, worker=worker, work_dir=work_dir, tmp=tmp)
 
     def discard(self) -> None:
         self.worker.close()
@@ -121,6 +135,11 @@ class InvokeResult:
     restore_duration_ms: float | None = None
     max_memory_used_mb: int | None = None
     notes: list[str] = field(default_factory=list)
+
+
+def _needed_paths(*extra: str) -> list[str]:
+    """What every sandbox must still see when its /tmp is private."""
+    return [str(PROJECT_ROOT), sys.prefix, *extra]
 
 
 def _agent_env() -> dict[str, str]:
@@ -178,13 +197,20 @@ class Sandbox:
         self._ctl_inode = 0
         self._netns: NetNs | None = None
         self.cgroup = cgroup
+        self.tmp = PrivateTmp()
+        self.egress: Egress | None = None
 
     # ---- creation ----------------------------------------------------------------
     @classmethod
     def spawn(cls, spec: RuntimeSpec, *, name: str = "sandbox", deterministic: bool = False,
               hash_seed: int | None = None, memory_mb: int | None = None,
+              tmp: PrivateTmp | None = None, egress: bool = False,
               log_sink: Callable[[bytes], None] | None = None) -> "Sandbox":
         """Start a cold sandbox: new namespaces, the agent, then the runtime (init).
+
+        ``tmp``: the sandbox's private /tmp (a new mount namespace, see mountns.py;
+        default 512 MB keeping snapstart, its Python and the code reachable).
+        ``egress``: a veth to the host with link-local addresses (netns.py).
 
         ``deterministic`` (publish): address-space randomization off for the tree, so
         two publishes of one function lay out memory alike and their snapshots
@@ -192,11 +218,18 @@ class Sandbox:
         Lambda SnapStart); cold sandboxes keep ASLR. ``hash_seed`` fixes the agent's
         PYTHONHASHSEED for the same reason.
         """
+        if tmp is None:
+            tmp = PrivateTmp.for_paths(mountns.EPHEMERAL_DEFAULT_MB, _needed_paths(spec.cwd))
         netns = new_netns()
         nsenter, unshare = shutil.which("nsenter"), shutil.which("unshare")
         if not nsenter or not unshare:
             netns.close()
             raise SandboxError("nsenter/unshare (util-linux) not found on PATH")
+        try:
+            link = add_egress(netns.fd) if egress else None
+        except SandboxError:
+            netns.close()
+            raise
         agent_fd = netns.agent_sock.fileno()
         argv = [nsenter, f"--net=/proc/self/fd/{netns.fd}", unshare, "--pid", "--time",
                 "--ipc", "--uts", "--fork", "--"]
@@ -207,9 +240,12 @@ class Sandbox:
             env = _agent_env()
             if hash_seed is not None:
                 env["PYTHONHASHSEED"] = str(hash_seed)
-            proc = subprocess.Popen(argv, pass_fds=(netns.fd, agent_fd), env=env,
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, cwd="/")
+            proc = mountns.run_in_new(tmp, lambda: subprocess.Popen(
+                argv, pass_fds=(netns.fd, agent_fd), env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/"))
+        except SandboxError:
+            netns.close()
+            raise
         except OSError as exc:
             netns.close()
             raise SandboxError(f"cannot start the sandbox agent: {exc}") from exc
@@ -233,6 +269,8 @@ class Sandbox:
         sandbox._netns_inode = netns.inode
         sandbox._ctl_inode = os.fstat(agent_fd).st_ino
         sandbox._netns = netns
+        sandbox.tmp = tmp
+        sandbox.egress = link
         netns.close_fd()            # the agent keeps the namespace alive
         try:
             if memory_mb is not None:   # before the runtime exists: it inherits the group
@@ -248,18 +286,28 @@ class Sandbox:
     @classmethod
     def restore(cls, criu: Criu, images_dir: Path, work_dir: Path, *, ctl_inode: int,
                 name: str = "clone", memory_mb: int | None = None,
+                tmp: PrivateTmp | None = None, egress: bool = False,
                 slot: "RestoreSlot | None" = None,
                 log_sink: Callable[[bytes], None] | None = None) -> "Sandbox":
-        """Clone a snapshot into a fresh network namespace (state RESTORING).
+        """Clone a snapshot into fresh network and mount namespaces (state RESTORING).
 
         ``slot``: a prepared namespace + cgroup + criu worker (``RestoreSlot``), so
         the restore only sends the request; without one it is prepared here.
+        ``tmp``: the clone's /tmp size (the slot's tmpfs is resized if it differs).
+        ``egress``: add a veth to the host (netns.py) before the tree resumes.
         """
         if slot is None:
-            slot = RestoreSlot.prepare(criu, work_dir, cgroups=memory_mb is not None)
+            slot = RestoreSlot.prepare(criu, work_dir, cgroups=memory_mb is not None, tmp=tmp)
+            tmp = slot.tmp
         try:
             if slot.cgroup is not None and memory_mb is not None:
                 slot.cgroup.limit(memory_mb)
+            if tmp is not None and tmp.size_mb != slot.tmp.size_mb:
+                mountns.resize_tmp(slot.worker.pid, tmp)
+            archive = images_dir / mountns.TMP_ARCHIVE
+            if archive.exists():        # what init left in /tmp (publish saved it)
+                mountns.restore_tmp(slot.worker.pid, archive)
+            link = add_egress(slot.netns.fd) if egress else None
             reseed_crng()
             pid = criu.restore_with(slot.worker, images_dir, ctl_inode=ctl_inode)
         except BaseException:
@@ -272,6 +320,8 @@ class Sandbox:
         sandbox = cls(pid=pid, ctl=netns.host_sock, state=S.RESTORING, proc=None,
                       log_sink=log_sink, name=name, cgroup=slot.cgroup)
         sandbox._netns_inode = netns.inode
+        sandbox.tmp = slot.tmp if tmp is None else tmp
+        sandbox.egress = link
         return sandbox
 
     # ---- facts -------------------------------------------------------------------
@@ -365,12 +415,20 @@ class Sandbox:
                 raise InitError(f"Runtime exited without providing a reason ({detail})",
                                 error_type="Runtime.ExitError")
 
-    def checkpoint(self, criu: Criu, images_dir: Path, work_dir: Path) -> DumpResult:
-        """Dump the whole tree (it is parked in GET /restore/next); the tree dies."""
+    def checkpoint(self, criu: Criu, images_dir: Path, work_dir: Path,
+                   tmp: PrivateTmp | None = None) -> DumpResult:
+        """Dump the whole tree (it is parked in GET /restore/next); the tree dies.
+
+        CRIU runs inside the sandbox's mount namespace (mountns.py explains why);
+        what init left in /tmp is archived next to the images first.
+        """
         self.lifecycle.to(S.SNAPSHOTTING)
         try:
+            images_dir.mkdir(parents=True, exist_ok=True)
+            mountns.save_tmp(self.pid, images_dir / mountns.TMP_ARCHIVE, tmp or self.tmp)
             result = criu.dump(self.pid, images_dir, work_dir, netns_inode=self._netns_inode,
-                               unix_inodes=[self._ctl_inode])
+                               unix_inodes=[self._ctl_inode],
+                               fork_in=lambda fn: mountns.run_in_mntns_of(self.pid, fn))
         finally:
             self.kill()
         return result

@@ -52,8 +52,10 @@ def published():
 
 
 @pytest.fixture
-def shared():
-    path = Path(tempfile.mkdtemp(prefix="snapstart-shared-", dir="/tmp"))
+def shared(published):
+    """Host dir the sandbox may write: in SNAPSTART_HOME (sandboxes keep reaching it;
+    their /tmp is private)."""
+    path = Path(tempfile.mkdtemp(prefix="shared-", dir=published.home))
     os.chmod(path, 0o1777)
     yield path
     shutil.rmtree(path, ignore_errors=True)
