@@ -77,6 +77,12 @@ def validate_alias(alias: str) -> str:
     return alias
 
 
+# Where `make criu` builds CRIU to keep its kernel-feature cache (criu.kdat): on
+# tmpfs, and reachable from every sandbox's mount namespace (mountns.py keeps it),
+# or each restore re-probes the kernel (~30 ms).
+CRIU_RUNDIR = "/dev/shm/snapstart-criu-run"
+
+
 def _default_criu() -> str:
     local = PROJECT_ROOT / ".snapstart" / "criu" / "sbin" / "criu"
     if local.exists():

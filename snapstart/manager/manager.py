@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..checkpoint.criu import Criu
-from ..config import PROJECT_ROOT, FunctionConfig, Settings
+from ..config import CRIU_RUNDIR, PROJECT_ROOT, FunctionConfig, Settings
 from ..errors import (AfterRestoreError, CheckpointError, ConfigError, InitError,
                       OutOfMemoryError,
                       PayloadError, PublishError, RestoreError, RuntimeExitError,
@@ -125,10 +125,6 @@ class Manager:
         self._slots: list[RestoreSlot] = []
         self._slot_cond = threading.Condition(self._lock)
         self._slot_thread: threading.Thread | None = None
-        # every sandbox's private /tmp keeps these reachable when they are under /tmp
-        self._tmp = PrivateTmp.for_paths(EPHEMERAL_DEFAULT_MB, [
-            self.settings.home, self.settings.shm, PROJECT_ROOT, sys.prefix,
-            os.path.dirname(os.path.realpath(self.settings.criu))])
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         sweep_stale_cgroups()   # groups of managers that died without cleaning up
         if not self.settings.home.exists():
@@ -136,6 +132,10 @@ class Manager:
             os.chmod(self.settings.home, 0o711)   # traversable by the sandbox user
         (self.settings.shm / "run").mkdir(parents=True, exist_ok=True, mode=0o700)
         _sweep_stale_dirs(self.settings.shm)   # ... and their CRIU work / staging dirs
+        # every sandbox's private /tmp keeps these reachable (those under /tmp, /dev/shm, ...)
+        self._tmp = PrivateTmp.for_paths(EPHEMERAL_DEFAULT_MB, [
+            self.settings.home, self.settings.shm, PROJECT_ROOT, sys.prefix, CRIU_RUNDIR,
+            os.path.dirname(os.path.realpath(self.settings.criu))])
 
     @property
     def store(self):

@@ -98,7 +98,7 @@ class PrivateTmp:
             if real in _ROOTS:
                 raise SandboxError(f"{p} is {real} itself; it cannot be shared with a "
                                    f"sandbox, whose {real} is private")
-            if any(real.startswith(root + "/") for root in _ROOTS):
+            if any(real.startswith(root + "/") for root in _ROOTS) and os.path.exists(real):
                 under.append(real)
         keep: list[str] = []
         for p in sorted(set(under)):

@@ -39,7 +39,7 @@ from typing import Callable
 from bootstrap import protocol
 
 from ..checkpoint.criu import Criu, DumpResult, Worker, reap_restore_leftovers
-from ..config import PROJECT_ROOT
+from ..config import CRIU_RUNDIR, PROJECT_ROOT
 from ..errors import (AfterRestoreError, InitError, OutOfMemoryError, RuntimeExitError,
                       SandboxError, SandboxTimeoutError)
 from ..runtimes import RuntimeSpec
@@ -137,9 +137,43 @@ class InvokeResult:
     notes: list[str] = field(default_factory=list)
 
 
+class _Background:
+    """``fn(*args)`` on a thread; ``result()`` joins and returns or raises."""
+
+    def __init__(self, fn: Callable, *args) -> None:
+        self._out: list = []
+        self._thread = threading.Thread(target=self._run, args=(fn, args),
+                                        name="snapstart-bg", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable, args: tuple) -> None:
+        try:
+            self._out.append((True, fn(*args)))
+        except BaseException as exc:
+            self._out.append((False, exc))
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self):
+        self._thread.join()
+        ok, value = self._out[0]
+        if not ok:
+            raise value
+        return value
+
+
+def _kill_and_reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
 def _needed_paths(*extra: str) -> list[str]:
     """What every sandbox must still see when its /tmp is private."""
-    return [str(PROJECT_ROOT), sys.prefix, *extra]
+    return [str(PROJECT_ROOT), sys.prefix, CRIU_RUNDIR, *extra]
 
 
 def _agent_env() -> dict[str, str]:
@@ -307,10 +341,23 @@ class Sandbox:
             archive = images_dir / mountns.TMP_ARCHIVE
             if archive.exists():        # what init left in /tmp (publish saved it)
                 mountns.restore_tmp(slot.worker.pid, archive)
-            link = add_egress(slot.netns.fd) if egress else None
             reseed_crng()
-            pid = criu.restore_with(slot.worker, images_dir, ctl_inode=ctl_inode)
         except BaseException:
+            slot.discard()
+            raise
+        # The egress veth (~13 ms of netlink) is built while CRIU restores: CRIU never
+        # looks inside the (external) network namespace, and the tree stays parked
+        # until the first invoke resumes it.
+        link_job = _Background(add_egress, slot.netns.fd) if egress else None
+        pid = 0
+        try:
+            pid = criu.restore_with(slot.worker, images_dir, ctl_inode=ctl_inode)
+            link = link_job.result() if link_job else None
+        except BaseException:
+            if link_job:
+                link_job.wait()
+            if pid:
+                _kill_and_reap(pid)
             slot.discard()              # kills what CRIU restored so far (the cgroup)
             reap_restore_leftovers()    # ... and reaps it: those tasks are our children
             raise
