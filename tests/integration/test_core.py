@@ -68,10 +68,14 @@ def test_eight_concurrent_clones_isolated_and_unique(manager, publish):
 
 
 def test_clones_get_distinct_randomness(manager, publish):
+    """32 clones of one snapshot, restored at once: no two share os.urandom,
+    random, uuid4 or secrets output (CRNG reseed + after-restore reseed)."""
     publish("hello")
-    results = manager.invoke_clones("hello", 6)
+    results = manager.invoke_clones("hello", 32)
+    assert all(not isinstance(r, Exception) for r in results), results
+    assert {r.start_type for r in results} == {"restored"}
     outs = [_payload(r) for r in results]
-    for key in ("urandom", "random", "uuid4"):
+    for key in ("urandom", "random", "uuid4", "secrets"):
         values = [o[key] for o in outs]
         assert len(set(values)) == len(values), f"{key} repeated across clones: {values}"
     assert len({o["init_at"] for o in outs}) == 1

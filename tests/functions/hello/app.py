@@ -1,6 +1,7 @@
 """A stdlib-only function: proves init ran once and clones are unique."""
 import os
 import random
+import secrets
 import time
 import uuid
 
@@ -19,6 +20,7 @@ def handler(event, context):
         "urandom": os.urandom(16).hex(),
         "random": random.random(),
         "uuid4": str(uuid.uuid4()),
+        "secrets": secrets.token_hex(16),
         "event": event,
         "request_id": context.aws_request_id,
         "function_version": context.function_version,
