@@ -76,7 +76,7 @@ def run_checks(settings: Settings) -> list[Check]:
                         hard=False))
     for name, flag in (("net namespace", 0x40000000), ("pid namespace", 0x20000000),
                        ("time namespace", 0x00000080), ("ipc namespace", 0x08000000),
-                       ("uts namespace", 0x04000000)):
+                       ("uts namespace", 0x04000000), ("mount namespace", 0x00020000)):
         ok, detail = _unshare_probe(flag)
         checks.append(Check(name, ok, detail, "kernel needs CONFIG_*_NS and root"))
     uffd = Path("/proc/sys/vm/unprivileged_userfaultfd").exists() or Path("/dev/userfaultfd").exists()
