@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 
 import pytest
 
 from bootstrap import protocol
 from snapstart.config import FunctionConfig, Settings, validate_alias, validate_name
 from snapstart.errors import (ConfigError, FunctionNotFoundError, InvalidNameError,
-                              InvalidTransition, SnapStartError)
+                              InvalidTransition, SandboxError, SnapStartError)
 from snapstart.manager.report import report_line
 from snapstart.registry import Registry, parse_ref
 from snapstart.sandbox.state import TRANSITIONS, Lifecycle, SandboxState
@@ -142,3 +144,34 @@ def test_interrupted_publish_versions_are_swept(tmp_path):
     (vdir / ".incomplete").write_text("999999999")        # a publisher that is gone
     n2, _ = reg.allocate_version("g")
     assert n2 == 1 and reg.versions("g") == []
+
+
+def test_private_tmp_keeps_only_outermost_paths_under_private_dirs(tmp_path):
+    from snapstart.sandbox.mountns import PrivateTmp, _scaffold
+
+    inner = tmp_path / "a" / "b"
+    inner.mkdir(parents=True)
+    shm = Path("/dev/shm") / f"snapstart-unit-{os.getpid()}"
+    shm.mkdir()
+    try:
+        tmp = PrivateTmp.for_paths(1024, [tmp_path, inner, "/usr", shm, "/tmp/does-not-exist"])
+        assert tmp.size_mb == 1024
+        # tmp_path is under /tmp (pytest's default); /usr needs no keeping
+        assert tmp.keep == tuple(sorted({os.path.realpath(tmp_path), str(shm)}))
+        assert tmp._tmpfs_options() == "size=1024m,mode=1777"
+    finally:
+        shm.rmdir()
+    assert _scaffold(["/tmp/x/y", "/dev/shm/z"]) == {"x", "x/y"}
+    for root in ("/tmp", "/dev/shm", "/var/tmp"):
+        with pytest.raises(SandboxError, match="cannot be shared"):
+            PrivateTmp.for_paths(512, [root])
+
+
+def test_ephemeral_storage_and_egress_config():
+    cfg = FunctionConfig(name="f", handler="app.handler", ephemeral_storage_mb=2048, egress=True)
+    again = FunctionConfig.from_dict(cfg.to_dict())
+    assert again.ephemeral_storage_mb == 2048 and again.egress is True
+    assert FunctionConfig.from_dict({"name": "f", "handler": "app.handler"}).egress is False
+    for bad in (511, 10241, "512"):
+        with pytest.raises(ConfigError, match="ephemeral storage"):
+            FunctionConfig(name="f", handler="app.handler", ephemeral_storage_mb=bad)
