@@ -37,7 +37,8 @@ from pathlib import Path
 
 from ..errors import CheckpointError, DumpError, RestoreError
 
-__all__ = ["Criu", "DumpResult", "Worker", "reap_restore_leftovers"]
+__all__ = ["Criu", "DumpResult", "Worker", "compatibility_problem",
+           "reap_restore_leftovers"]
 
 NETNS_KEY = "netns"
 _NETWORK_LOCK_SKIP = 3
@@ -56,6 +57,39 @@ def _log_tail(work_dir: Path, name: str, lines: int = 15) -> str:
         return ""
     errors = [line for line in text if "Error" in line or "error" in line]
     return "\n".join((errors or text)[-lines:])
+
+
+# The one known CRIU floor: below 4.2 CRIU cannot dump a process owning a TCP socket
+# on Linux >= 6.16 (SO_PASSCRED/SO_PASSSEC getsockopt, criu issue 2705), although
+# `criu check` passes there. Every sandbox owns one (the runtime's connection).
+_TCP_DUMP_FIX = ((6, 16), (4, 2))   # (kernel from which it matters, CRIU that fixed it)
+
+
+def _major_minor(text: str) -> tuple[int, int]:
+    match = re.match(r"(\d+)\.(\d+)", text.strip())
+    if not match:
+        raise ValueError(f"not a version: {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def compatibility_problem(criu_version: str, kernel_release: str) -> str | None:
+    """Why this CRIU version cannot serve snapstart on this kernel, or None.
+
+    Any CRIU whose ``criu check`` passes is accepted (Debian 12's 3.17 works on its
+    own 6.1 kernel); only the known kernel-specific breakage is refused here. RPC
+    differences between versions are handled where they are used (``restore_with``).
+    """
+    try:
+        criu = _major_minor(criu_version)
+        kernel = _major_minor(kernel_release)
+    except ValueError as exc:
+        return f"cannot compare versions: {exc}"
+    (bad_kernel, fixed_in) = _TCP_DUMP_FIX
+    if kernel >= bad_kernel and criu < fixed_in:
+        return (f"CRIU {criu_version} cannot dump TCP sockets on Linux {kernel_release} "
+                f"(needs CRIU >= {fixed_in[0]}.{fixed_in[1]} on Linux >= "
+                f"{bad_kernel[0]}.{bad_kernel[1]})")
+    return None
 
 
 class Criu:
@@ -86,6 +120,20 @@ class Criu:
         out = (proc.stdout + proc.stderr).strip().splitlines()
         ok = proc.returncode == 0 and any("Looks good" in line for line in out)
         return ok, (out[-1] if out else "")
+
+    def usable(self) -> tuple[bool, str]:
+        """(ok, why): the binary runs, ``criu check`` passes, no known incompatibility."""
+        import platform
+
+        try:
+            version = self.version()
+        except CheckpointError as exc:
+            return False, str(exc)
+        problem = compatibility_problem(version, platform.release())
+        if problem:
+            return False, problem
+        ok, detail = self.check()
+        return ok, f"CRIU {version}: criu check: {detail}"
 
     # ---- RPC ------------------------------------------------------------------
     def _client(self):
@@ -180,7 +228,14 @@ class Criu:
         import pycriu
 
         opts = worker.client.opts
-        opts.images_dir = str(images_dir)       # images_dir_fd stays -1: a path is fine
+        img_fd = -1
+        if "images_dir" in opts.DESCRIPTOR.fields_by_name:
+            opts.images_dir = str(images_dir)   # images_dir_fd stays -1: a path is fine
+        else:
+            # CRIU < 4 (Debian 12's 3.17): the RPC only takes a directory fd, which
+            # criu opens as /proc/<our pid>/fd/<n> (no inheritance needed)
+            img_fd = os.open(images_dir, os.O_DIRECTORY)
+            opts.images_dir_fd = img_fd
         opts.work_dir_fd = worker.work_fd
         opts.log_file = "restore.log"
         opts.rst_sibling = True
@@ -202,6 +257,8 @@ class Criu:
                                log_tail=_log_tail(worker.work_dir, "restore.log")) from exc
         finally:
             worker.close()
+            if img_fd >= 0:
+                os.close(img_fd)
         return resp.pid
 
     def restore(self, images_dir: Path, work_dir: Path, *, netns_fd: int, ctl_fd: int,
