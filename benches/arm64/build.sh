@@ -89,8 +89,7 @@ if ! done_ kernel; then
     rm -rf "$ROOTFS/lib/modules"
     mkdir -p "$ROOTFS/lib/modules"
     cp -a "$CACHE/kernel/lib/modules/$kver" "$ROOTFS/lib/modules/"
-    depmod -b "$ROOTFS" "$kver"
-    depmod -b "$CACHE/kernel" "$kver"
+    in_chroot depmod "$kver"
     rm -f "$STAMPS/image"
     stamp kernel
 fi
@@ -182,9 +181,9 @@ if [ "$(cat "$CACHE/initramfs.key" 2>/dev/null)" != "$KEY" ] || [ ! -f "$INITRD"
     cp "$ROOTFS/bin/busybox" "$IR/bin/busybox"
     cp "$HERE/initramfs-init.sh" "$IR/init"
     chmod 755 "$IR/init"
-    MODDIR=$CACHE/kernel/lib/modules/$KVER
+    MODDIR=$ROOTFS/lib/modules/$KVER      # depmod'ed (modules.dep)
     # the wanted modules and their dependencies, in load order (modules.dep lists deps)
-    "$PYTHON" - "$MODDIR" virtio_blk virtio_pci ext4 9p 9pnet_virtio > "$IR/modules.list" <<'PY'
+    "$PYTHON" - "$MODDIR" virtio_blk virtio_pci crc32c_generic ext4 9p 9pnet_virtio > "$IR/modules.list" <<'PY'
 import os, sys
 moddir, wanted = sys.argv[1], sys.argv[2:]
 deps, byname = {}, {}

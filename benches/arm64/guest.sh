@@ -27,11 +27,16 @@ mkdir -p "$OUT"
 echo "guest: $(uname -srm), $(nproc) cpus, $(awk '/MemTotal/{print $2 / 1024 " MiB"}' /proc/meminfo)" >&2
 
 mount -t tmpfs -o mode=1777 tmpfs /tmp
+mkdir -p /dev/shm
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=755 tmpfs /run
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ip link set lo up
+# CRIU dumps sockets through the sock_diag modules (modules in Debian's arm64 kernel)
+for m in unix_diag inet_diag tcp_diag udp_diag netlink_diag packet_diag af_packet_diag; do
+    modprobe -q "$m" 2>/dev/null || true
+done
 hostname snapstart-arm64 2>/dev/null || true
 
 # the repo (tracked + untracked, not ignored files, packed by run.sh)

@@ -25,7 +25,7 @@ RESULTS=${BENCH_ARM64_RESULTS:-$ROOT/benches/results}
 PYTHON=${PYTHON:-python3}
 N=${BENCH_ARM64_N:-5}
 FUNCTIONS=${BENCH_ARM64_FUNCTIONS:-hello,data,web}
-BURST=${BENCH_ARM64_BURST:-1,4}
+BURST=${BENCH_ARM64_BURST-1,4}
 BURST_FUNCTIONS=${BENCH_ARM64_BURST_FUNCTIONS:-hello}
 MEM=${BENCH_ARM64_MEM:-4096}
 TIMEOUT=${BENCH_ARM64_TIMEOUT:-3600}
@@ -43,8 +43,11 @@ mkdir -p "$RUN/out"
 cp "$HERE/guest.sh" "$RUN/guest.sh"
 cp "$CACHE/aws-lambda-rie-arm64" "$RUN/"
 (cd "$ROOT" && git ls-files -z -co --exclude-standard \
-    | tar --null -T - --exclude='benches/results/*' -cf "$RUN/repo.tar")
+    | grep -zv '^benches/results/' | tar --null -T - -cf "$RUN/repo.tar")
+host_cpu=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
+qemu_ver=$(qemu-system-aarch64 --version | awk 'NR==1{print $4}')
 cat > "$RUN/bench.env" <<ENV
+BENCH_CPU_MODEL="QEMU $qemu_ver TCG -cpu max,pauth-impdef=on on $host_cpu"
 BENCH_N=$N
 BENCH_FUNCTIONS=$FUNCTIONS
 BENCH_BURST=$BURST

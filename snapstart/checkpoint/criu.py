@@ -92,6 +92,15 @@ def compatibility_problem(criu_version: str, kernel_release: str) -> str | None:
     return None
 
 
+def _network_lock(opts) -> int:
+    """SKIP where the RPC has it (CRIU 4.x); older CRIU (3.17) always locks the network
+    of the dumped tree, and nftables needs no extra tool (libnftables is linked)."""
+    values = opts.DESCRIPTOR.fields_by_name["network_lock"].enum_type.values_by_name
+    if "SKIP" in values:
+        return _NETWORK_LOCK_SKIP
+    return values["NFTABLES"].number
+
+
 class Criu:
     def __init__(self, binary: str) -> None:
         self.binary = binary
@@ -141,7 +150,7 @@ class Criu:
 
         client = pycriu.criu()
         client.use_binary(self.binary)
-        client.opts.network_lock = _NETWORK_LOCK_SKIP
+        client.opts.network_lock = _network_lock(client.opts)
         client.opts.tcp_established = True
         client.opts.manage_cgroups_mode = _CG_IGNORE
         client.opts.log_level = 2
