@@ -60,7 +60,7 @@ in_chroot() {
 
 # ---- 1. rootfs --------------------------------------------------------------------
 if ! done_ debootstrap; then
-    say "debootstrap $SUITE arm64 from $MIRROR (first run only, ~2 min)"
+    say "debootstrap $SUITE arm64 from $MIRROR (first run only, ~5 min here)"
     rm -rf "$ROOTFS" "$CACHE/rootfs.tmp"
     debootstrap --arch=arm64 --variant=minbase \
         --include=python3,python3-venv,criu,busybox-static,kmod,iproute2,procps \

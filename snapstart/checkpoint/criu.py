@@ -93,8 +93,9 @@ def compatibility_problem(criu_version: str, kernel_release: str) -> str | None:
 
 
 def _network_lock(opts) -> int:
-    """SKIP where the RPC has it (CRIU 4.x); older CRIU (3.17) always locks the network
-    of the dumped tree, and nftables needs no extra tool (libnftables is linked)."""
+    """SKIP where the RPC has it (4.x); an RPC without it (Debian 12's CRIU 3.17)
+    always locks the dumped tree's network: nftables needs no extra tool there
+    (libnftables is linked into criu), iptables would need iptables-restore."""
     values = opts.DESCRIPTOR.fields_by_name["network_lock"].enum_type.values_by_name
     if "SKIP" in values:
         return _NETWORK_LOCK_SKIP
@@ -241,8 +242,8 @@ class Criu:
         if "images_dir" in opts.DESCRIPTOR.fields_by_name:
             opts.images_dir = str(images_dir)   # images_dir_fd stays -1: a path is fine
         else:
-            # CRIU < 4 (Debian 12's 3.17): the RPC only takes a directory fd, which
-            # criu opens as /proc/<our pid>/fd/<n> (no inheritance needed)
+            # older RPC (Debian 12's CRIU 3.17) takes only a directory fd, which criu
+            # opens as /proc/<our pid>/fd/<n> (no inheritance needed)
             img_fd = os.open(images_dir, os.O_DIRECTORY)
             opts.images_dir_fd = img_fd
         opts.work_dir_fd = worker.work_fd

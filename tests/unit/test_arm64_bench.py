@@ -61,6 +61,22 @@ def test_usable_reports_missing_binary():
     assert criu_mod.compatibility_problem is compatibility_problem
 
 
+def _fake_opts(fields, lock_values):
+    """Just enough of a criu_opts protobuf message for the capability checks."""
+    from types import SimpleNamespace as NS
+    enum = NS(values_by_name={k: NS(number=v) for k, v in lock_values.items()})
+    by_name = {f: NS(enum_type=enum if f == "network_lock" else None) for f in fields}
+    return NS(DESCRIPTOR=NS(fields_by_name=by_name))
+
+
+def test_network_lock_by_rpc_capability():
+    v4 = _fake_opts(["network_lock", "images_dir"],
+                    {"IPTABLES": 1, "NFTABLES": 2, "SKIP": 3})
+    v3 = _fake_opts(["network_lock"], {"IPTABLES": 1, "NFTABLES": 2})   # CRIU 3.17
+    assert criu_mod._network_lock(v4) == 3
+    assert criu_mod._network_lock(v3) == 2
+
+
 # ---- benches/report.py: side-by-side ratios -----------------------------------
 def _load_report():
     spec = importlib.util.spec_from_file_location("bench_report", REPORT)
