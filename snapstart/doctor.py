@@ -73,7 +73,7 @@ def run_checks(settings: Settings) -> list[Check]:
         checks.append(Check("criu check", ok, detail, _FIX_CRIU))
     kdat = list(Path("/dev/shm").glob("snapstart-criu-run/criu.kdat")) + \
         list(Path("/run").glob("criu.kdat"))
-    on_tmpfs = any(str(p).startswith("/dev/shm") for p in kdat)
+    on_tmpfs = any(_fstype(p) == "tmpfs" for p in kdat)   # /run is tmpfs on some hosts
     checks.append(Check("kdat cache on tmpfs", on_tmpfs,
                         str(kdat[0]) if kdat else "no criu.kdat yet (created by the first criu call)",
                         "build CRIU with RUNDIR on tmpfs (`make criu` does); ~50 ms per restore",
