@@ -166,6 +166,7 @@ fi
 if ! done_ image; then
     say "writing rootfs.img (mkfs.ext4 -d)"
     rm -f "$CACHE/rootfs.img"
+    mkdir -p "$ROOTFS/mnt/run" "$ROOTFS/opt/snapstart"   # mount points
     mkfs.ext4 -q -F -L snapstart-root -E root_owner=0:0 -d "$ROOTFS" "$CACHE/rootfs.img" 4G
     stamp image
 fi

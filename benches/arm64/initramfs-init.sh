@@ -23,6 +23,8 @@ done < /modules.list
 
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+# read-write: CRIU 3.17's parasite creates a directory in / at dump time (a
+# read-only root fails with EROFS, measured); ext4's journal covers a killed VM
 mount -t ext4 -o rw,noatime /dev/vda /newroot || fail "cannot mount /dev/vda"
 mkdir -p /newroot/mnt/run
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 run /newroot/mnt/run \

@@ -13,7 +13,7 @@
 #      benches/results/ and writes compare-latest.{md,png} against the newest x86_64
 #      result; the comparison table is printed.
 #
-# Environment (defaults chosen so a cached run fits in ~25 min of TCG on 2 cores):
+# Environment (defaults: a cached run took 18 min of TCG on this 2-core host):
 #   BENCH_ARM64_N (5)  BENCH_ARM64_FUNCTIONS (hello,data,web)  BENCH_ARM64_BURST (1,4)
 #   BENCH_ARM64_BURST_FUNCTIONS (hello)  BENCH_ARM64_MEM (4096 MiB)
 #   BENCH_ARM64_TIMEOUT (3600 s)  PYTHON (host interpreter with matplotlib)
