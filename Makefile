@@ -137,7 +137,22 @@ $(STAMPS)/bench-deps: $(STAMPS)/venv benches/requirements.txt benches/requiremen
 bench: $(STAMPS)/bench-deps
 	$(PY) benches/run.py
 
-bench-arm64:
-	bash benches/arm64/run.sh
+# aarch64 under QEMU TCG (benches/arm64/run.sh; cached in benches/.cache/arm64).
+# Host side: qemu-system-arm, qemu-user-static + binfmt-support (debootstrap and the
+# offline pip install run in an arm64 chroot), debootstrap, cpio. The report (plots,
+# the x86_64-vs-aarch64 comparison) uses the project venv with matplotlib.
+ARM64_APT_PACKAGES := qemu-system-arm qemu-user-static binfmt-support debootstrap cpio \
+	e2fsprogs gzip
+$(STAMPS)/arm64-apt: Makefile
+	@mkdir -p $(STAMPS)
+	@missing=$$(for p in $(ARM64_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing $$missing"; \
+	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
+	fi
+	@touch $@
+
+bench-arm64: $(STAMPS)/bench-deps $(STAMPS)/arm64-apt
+	PYTHON=$(PY) bash benches/arm64/run.sh
 
 .PHONY: bench bench-arm64

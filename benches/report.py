@@ -4,13 +4,26 @@ Files written to the output directory, named ``<arch>-<timestamp>``:
 ``.json`` (the data), ``.md`` (the tables; also copied to ``latest.md``) and
 ``-latency.png`` / ``-burst.png`` (matplotlib, Agg backend; skipped with a note when
 matplotlib is not installed). This module only formats: it measures nothing.
+
+It also compares architectures: ``compare`` takes the newest result of each arch
+in a results directory (x86_64 and the emulated aarch64 one from
+``make bench-arm64``) and writes ``compare-latest.md`` (one table of the p50 ratios
+cold/restored-l1, restored-l1/warm, restored-l1/zygote per function, side by side)
+and ``compare-latest.png``. Only ratios are compared: absolute times under QEMU TCG
+mean nothing.
+
+    python benches/report.py render RESULT.json [--out DIR]   # .md + plots for a JSON
+    python benches/report.py compare [--results DIR]          # print + write the comparison
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
+import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -144,9 +157,10 @@ def _plots(data: dict[str, Any], stem: Path) -> list[str]:
     return out
 
 
-def write_reports(data: dict[str, Any], out_dir: Path, *, plots: bool = True) -> dict[str, Any]:
+def write_reports(data: dict[str, Any], out_dir: Path, *, plots: bool = True,
+                  stamp: str | None = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    stamp = stamp or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     arch = data["meta"]["arch"] + ("-emulated" if data["meta"]["emulated"] else "")
     stem = out_dir / f"{arch}-{stamp}"
     json_path = stem.with_suffix(".json")
@@ -158,3 +172,143 @@ def write_reports(data: dict[str, Any], out_dir: Path, *, plots: bool = True) ->
     shutil.copyfile(md_path, out_dir / "latest.md")
     return {"json": json_path, "markdown": md_path, "latest": out_dir / "latest.md",
             "plots": pngs, "markdown_text": text}
+
+
+# ---- x86_64 vs aarch64 ------------------------------------------------------------
+COMPARED = ("cold/restored-l1", "restored-l1/warm", "restored-l1/zygote")
+
+
+def _ratios_of(data: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """The run's p50 ratios (run.py stores them; recomputed for older JSONs)."""
+    if data.get("ratios"):
+        return data["ratios"]
+    p50 = {(r["function"], r["start_type"]): r["p50"] for r in data["results"]}
+    out: dict[str, dict[str, float | None]] = {}
+    for fn in sorted({r["function"] for r in data["results"]}):
+        out[fn] = {}
+        for name in COMPARED:
+            a, b = name.split("/")
+            x, y = p50.get((fn, a)), p50.get((fn, b))
+            out[fn][name] = round(x / y, 2) if x and y else None
+    return out
+
+
+def newest_results(results_dir: Path) -> list[dict[str, Any]]:
+    """The newest run (by meta.date) of each (arch, emulated) in ``results_dir``,
+    x86_64 first; each dict gains ``_path``."""
+    best: dict[tuple[str, bool], dict[str, Any]] = {}
+    for path in sorted(results_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            meta = data["meta"]
+            key = (meta["arch"], bool(meta["emulated"]))
+            date = datetime.fromisoformat(meta["date"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue   # not a run.py result
+        data["_path"] = str(path)
+        old = best.get(key)
+        if old is None or datetime.fromisoformat(old["meta"]["date"]) < date:
+            best[key] = data
+    return [best[k] for k in sorted(best, key=lambda k: (k[0] != "x86_64", k))]
+
+
+def compare_markdown(runs: list[dict[str, Any]], plot: str | None = None) -> str:
+    """One table: rows (function, ratio), one column of p50 ratios per run."""
+    labels = [r["meta"]["arch_label"] for r in runs]
+    lines = ["# snapstart: x86_64 vs aarch64 — ratios of p50 start latency", "",
+             "Absolute times under QEMU TCG emulation mean nothing; only the ratios "
+             "between start types of the same run are compared.", ""]
+    for r in runs:
+        m = r["meta"]
+        lines.append(f"- **{m['arch_label']}**: {m['cpu_model']}, {m['cores']} cores, "
+                     f"kernel {m['kernel']}, CRIU {m['criu_version']}, Python "
+                     f"{m['python_version']}, emulated: {str(m['emulated']).lower()}, "
+                     f"N={m['n']}, {m['date']} (`{Path(r['_path']).name}`)"
+                     if "_path" in r else f"- **{m['arch_label']}**")
+    lines += ["", "| function | ratio | " + " | ".join(labels) + " |",
+              "|---|---|" + "---:|" * len(runs)]
+    ratios = [_ratios_of(r) for r in runs]
+    fns = sorted({fn for rr in ratios for fn in rr})
+    for fn in fns:
+        for name in COMPARED:
+            cells = [_fmt((rr.get(fn) or {}).get(name)) for rr in ratios]
+            lines.append(f"| {fn} | {name} | " + " | ".join(cells) + " |")
+    if plot:
+        lines += ["", f"![ratios]({Path(plot).name})"]
+    return "\n".join(lines) + "\n"
+
+
+def compare_plot(runs: list[dict[str, Any]], path: Path) -> str | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    ratios = [_ratios_of(r) for r in runs]
+    fns = sorted({fn for rr in ratios for fn in rr})
+    groups = [(fn, name) for fn in fns for name in COMPARED]
+    if not groups:
+        return None
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(groups)), 4.5))
+    width = 0.8 / max(1, len(runs))
+    for i, (run, rr) in enumerate(zip(runs, ratios)):
+        xs = [j + i * width for j in range(len(groups))]
+        ys = [(rr.get(fn) or {}).get(name) or 0 for fn, name in groups]
+        ax.bar(xs, ys, width, label=run["meta"]["arch_label"])
+    ax.set_xticks([j + width * (len(runs) - 1) / 2 for j in range(len(groups))],
+                  [f"{fn}\n{name}" for fn, name in groups], fontsize=7)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_ylabel("ratio of p50 latencies (log)")
+    ax.set_title("snapstart start-type ratios: x86_64 vs aarch64")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def write_comparison(results_dir: Path, *, plots: bool = True) -> tuple[Path, str] | None:
+    runs = newest_results(results_dir)
+    if not runs:
+        return None
+    png = compare_plot(runs, results_dir / "compare-latest.png") if plots else None
+    text = compare_markdown(runs, png)
+    md = results_dir / "compare-latest.md"
+    md.write_text(text)
+    return md, text
+
+
+def _stamp_of(data: dict[str, Any]) -> str:
+    return datetime.fromisoformat(data["meta"]["date"]).strftime("%Y%m%dT%H%M%SZ")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="render or compare benchmark results")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("render", help="Markdown + plots for one result JSON")
+    r.add_argument("json", type=Path)
+    r.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    c = sub.add_parser("compare", help="x86_64 vs aarch64 ratio table + plot")
+    c.add_argument("--results", type=Path,
+                   default=Path(__file__).resolve().parent / "results")
+    c.add_argument("--no-plots", action="store_true")
+    args = ap.parse_args(argv)
+    if args.cmd == "render":
+        data = json.loads(args.json.read_text())
+        paths = write_reports(data, args.out, stamp=_stamp_of(data))
+        print("wrote " + ", ".join(str(p) for k, p in paths.items()
+                                   if k not in ("markdown_text", "latest")), file=sys.stderr)
+        return 0
+    done = write_comparison(args.results, plots=not args.no_plots)
+    if done is None:
+        print(f"no results in {args.results}", file=sys.stderr)
+        return 1
+    print(done[1])
+    print(f"wrote {done[0]}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -96,13 +96,19 @@ def summarize(samples: list[float]) -> dict[str, float | None]:
 
 # ---- host facts ------------------------------------------------------------------
 def host_facts(settings: Settings, n: int) -> dict[str, Any]:
-    cpu = "unknown"
+    cpu = os.environ.get("BENCH_CPU_MODEL") or "unknown"   # set by benches/arm64 (QEMU)
     with suppress(OSError):
+        parts: dict[str, str] = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key = line.split(":")[0].strip().lower()
             if key in ("model name", "cpu model", "hardware") and ":" in line:
-                cpu = line.split(":", 1)[1].strip()
+                if cpu == "unknown":
+                    cpu = line.split(":", 1)[1].strip()
                 break
+            if key in ("cpu implementer", "cpu part") and ":" in line:   # arm64
+                parts.setdefault(key, line.split(":", 1)[1].strip())
+        if cpu == "unknown" and parts:
+            cpu = f"arm64 implementer {parts.get('cpu implementer')} part {parts.get('cpu part')}"
     criu = "unknown"
     with suppress(Exception):
         from snapstart.checkpoint.criu import Criu

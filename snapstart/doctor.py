@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,8 @@ from .config import Settings
 
 __all__ = ["Check", "run_checks"]
 
-_FIX_CRIU = "run `make criu` (builds CRIU 4.2 from Debian's source) or set SNAPSTART_CRIU"
+_FIX_CRIU = ("run `make criu` (builds CRIU 4.2 from Debian's source) or set SNAPSTART_CRIU "
+             "to a CRIU whose `criu check` passes")
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ def _unshare_probe(flag: int) -> tuple[bool, str]:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    from .checkpoint.criu import Criu
+    from .checkpoint.criu import Criu, compatibility_problem
 
     checks: list[Check] = []
     is_root = os.geteuid() == 0
@@ -56,11 +58,13 @@ def run_checks(settings: Settings) -> list[Check]:
                         "run as root (CRIU and namespaces need CAP_SYS_ADMIN)"))
     criu = Criu(settings.criu)
     try:
+        # any CRIU whose `criu check` passes, minus known kernel/version breakage
         version = criu.version()
-        major_minor = tuple(int(x) for x in version.split(".")[:2])
-        ok = major_minor >= (4, 2)
-        checks.append(Check("criu", ok, f"{settings.criu} version {version}",
-                            _FIX_CRIU if not ok else ""))
+        problem = compatibility_problem(version, platform.release())
+        checks.append(Check("criu", problem is None,
+                            f"{settings.criu} version {version}" +
+                            (f": {problem}" if problem else ""),
+                            _FIX_CRIU if problem else ""))
     except Exception as exc:  # any failure here is reported, not raised
         checks.append(Check("criu", False, f"{settings.criu}: {exc}", _FIX_CRIU))
         version = ""
@@ -69,7 +73,7 @@ def run_checks(settings: Settings) -> list[Check]:
         checks.append(Check("criu check", ok, detail, _FIX_CRIU))
     kdat = list(Path("/dev/shm").glob("snapstart-criu-run/criu.kdat")) + \
         list(Path("/run").glob("criu.kdat"))
-    on_tmpfs = any(str(p).startswith("/dev/shm") for p in kdat)
+    on_tmpfs = any(_fstype(p) == "tmpfs" for p in kdat)   # /run is tmpfs on some hosts
     checks.append(Check("kdat cache on tmpfs", on_tmpfs,
                         str(kdat[0]) if kdat else "no criu.kdat yet (created by the first criu call)",
                         "build CRIU with RUNDIR on tmpfs (`make criu` does); ~50 ms per restore",

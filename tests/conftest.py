@@ -30,12 +30,10 @@ def _criu_ok() -> str | None:
     settings = Settings.from_env()
     from snapstart.checkpoint.criu import Criu
     try:
-        version = Criu(settings.criu).version()
+        ok, detail = Criu(settings.criu).usable()
     except Exception as exc:
         return f"no usable CRIU ({exc})"
-    if tuple(int(x) for x in version.split(".")[:2]) < (4, 2):
-        return f"CRIU {version} < 4.2"
-    return None
+    return None if ok else f"no usable CRIU ({detail})"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -38,7 +38,8 @@ from typing import Callable
 
 from ..errors import CheckpointError, DumpError, RestoreError
 
-__all__ = ["Criu", "DumpResult", "Worker", "reap_restore_leftovers"]
+__all__ = ["Criu", "DumpResult", "Worker", "compatibility_problem",
+           "reap_restore_leftovers"]
 
 NETNS_KEY = "netns"
 _NETWORK_LOCK_SKIP = 3
@@ -57,6 +58,49 @@ def _log_tail(work_dir: Path, name: str, lines: int = 15) -> str:
         return ""
     errors = [line for line in text if "Error" in line or "error" in line]
     return "\n".join((errors or text)[-lines:])
+
+
+# The one known CRIU floor: below 4.2 CRIU cannot dump a process owning a TCP socket
+# on Linux >= 6.16 (SO_PASSCRED/SO_PASSSEC getsockopt, criu issue 2705), although
+# `criu check` passes there. Every sandbox owns one (the runtime's connection).
+_TCP_DUMP_FIX = ((6, 16), (4, 2))   # (kernel from which it matters, CRIU that fixed it)
+
+
+def _major_minor(text: str) -> tuple[int, int]:
+    match = re.match(r"(\d+)\.(\d+)", text.strip())
+    if not match:
+        raise ValueError(f"not a version: {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def compatibility_problem(criu_version: str, kernel_release: str) -> str | None:
+    """Why this CRIU version cannot serve snapstart on this kernel, or None.
+
+    Any CRIU whose ``criu check`` passes is accepted (Debian 12's 3.17 works on its
+    own 6.1 kernel); only the known kernel-specific breakage is refused here. RPC
+    differences between versions are handled where they are used (``restore_with``).
+    """
+    try:
+        criu = _major_minor(criu_version)
+        kernel = _major_minor(kernel_release)
+    except ValueError as exc:
+        return f"cannot compare versions: {exc}"
+    (bad_kernel, fixed_in) = _TCP_DUMP_FIX
+    if kernel >= bad_kernel and criu < fixed_in:
+        return (f"CRIU {criu_version} cannot dump TCP sockets on Linux {kernel_release} "
+                f"(needs CRIU >= {fixed_in[0]}.{fixed_in[1]} on Linux >= "
+                f"{bad_kernel[0]}.{bad_kernel[1]})")
+    return None
+
+
+def _network_lock(opts) -> int:
+    """SKIP where the RPC has it (4.x); an RPC without it (Debian 12's CRIU 3.17)
+    always locks the dumped tree's network: nftables needs no extra tool there
+    (libnftables is linked into criu), iptables would need iptables-restore."""
+    values = opts.DESCRIPTOR.fields_by_name["network_lock"].enum_type.values_by_name
+    if "SKIP" in values:
+        return _NETWORK_LOCK_SKIP
+    return values["NFTABLES"].number
 
 
 class Criu:
@@ -88,13 +132,27 @@ class Criu:
         ok = proc.returncode == 0 and any("Looks good" in line for line in out)
         return ok, (out[-1] if out else "")
 
+    def usable(self) -> tuple[bool, str]:
+        """(ok, why): the binary runs, ``criu check`` passes, no known incompatibility."""
+        import platform
+
+        try:
+            version = self.version()
+        except CheckpointError as exc:
+            return False, str(exc)
+        problem = compatibility_problem(version, platform.release())
+        if problem:
+            return False, problem
+        ok, detail = self.check()
+        return ok, f"CRIU {version}: criu check: {detail}"
+
     # ---- RPC ------------------------------------------------------------------
     def _client(self):
         import pycriu  # lazy: protobuf import is ~30 ms
 
         client = pycriu.criu()
         client.use_binary(self.binary)
-        client.opts.network_lock = _NETWORK_LOCK_SKIP
+        client.opts.network_lock = _network_lock(client.opts)
         client.opts.tcp_established = True
         client.opts.manage_cgroups_mode = _CG_IGNORE
         client.opts.log_level = 2
@@ -191,7 +249,14 @@ class Criu:
         import pycriu
 
         opts = worker.client.opts
-        opts.images_dir = str(images_dir)       # images_dir_fd stays -1: a path is fine
+        img_fd = -1
+        if "images_dir" in opts.DESCRIPTOR.fields_by_name:
+            opts.images_dir = str(images_dir)   # images_dir_fd stays -1: a path is fine
+        else:
+            # older RPC (Debian 12's CRIU 3.17) takes only a directory fd, which criu
+            # opens as /proc/<our pid>/fd/<n> (no inheritance needed)
+            img_fd = os.open(images_dir, os.O_DIRECTORY)
+            opts.images_dir_fd = img_fd
         opts.work_dir_fd = worker.work_fd
         opts.log_file = "restore.log"
         opts.rst_sibling = True
@@ -213,6 +278,8 @@ class Criu:
                                log_tail=_log_tail(worker.work_dir, "restore.log")) from exc
         finally:
             worker.close()
+            if img_fd >= 0:
+                os.close(img_fd)
         return resp.pid
 
 

@@ -1,0 +1,136 @@
+"""Unit tests for the aarch64 benchmark support: which CRIU versions snapstart
+accepts, and the x86_64-vs-aarch64 ratio table of benches/report.py.
+No root, no CRIU, no VM."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from snapstart.checkpoint import criu as criu_mod
+from snapstart.checkpoint.criu import Criu, compatibility_problem
+
+REPORT = Path(__file__).resolve().parents[2] / "benches" / "report.py"
+
+
+@pytest.mark.parametrize("criu_version, kernel, ok", [
+    ("3.17.1", "6.1.0-28-arm64", True),      # Debian 12 on its own kernel (the VM)
+    ("4.1.1", "6.12.0", True),
+    ("4.2.1", "6.18.44-fc-v782", True),       # this project's hosts
+    ("4.2", "6.16.0", True),
+    ("4.1.1", "6.16.0", False),               # TCP sockets cannot be dumped (issue 2705)
+    ("3.17.1", "6.18.44-fc-v782", False),
+    ("5.0", "7.0.0", True),
+    ("garbage", "6.1.0", False),
+])
+def test_compatibility_problem(criu_version, kernel, ok):
+    problem = compatibility_problem(criu_version, kernel)
+    assert (problem is None) == ok, problem
+    if not ok and criu_version != "garbage":
+        assert "TCP" in problem and criu_version in problem
+
+
+def _fake_criu(monkeypatch, version, kernel, check):
+    c = Criu("/nonexistent/criu")
+    monkeypatch.setattr(c, "version", lambda: version)
+    monkeypatch.setattr(c, "check", lambda: check)
+    monkeypatch.setattr("platform.release", lambda: kernel)
+    return c
+
+
+def test_usable_accepts_any_criu_whose_check_passes(monkeypatch):
+    ok, detail = _fake_criu(monkeypatch, "3.17.1", "6.1.0-28-arm64",
+                            (True, "Looks good.")).usable()
+    assert ok and "3.17.1" in detail
+
+
+def test_usable_refuses_failed_check_and_known_breakage(monkeypatch):
+    ok, detail = _fake_criu(monkeypatch, "4.2.1", "6.18.0",
+                            (False, "vdso: Unexpected rt vDSO area bounds")).usable()
+    assert not ok and "vDSO" in detail
+    ok, detail = _fake_criu(monkeypatch, "3.17.1", "6.18.0", (True, "Looks good.")).usable()
+    assert not ok and "TCP" in detail
+
+
+def test_usable_reports_missing_binary():
+    ok, detail = Criu("/nonexistent/criu").usable()
+    assert not ok and "/nonexistent/criu" in detail
+    assert criu_mod.compatibility_problem is compatibility_problem
+
+
+def _fake_opts(fields, lock_values):
+    """Just enough of a criu_opts protobuf message for the capability checks."""
+    from types import SimpleNamespace as NS
+    enum = NS(values_by_name={k: NS(number=v) for k, v in lock_values.items()})
+    by_name = {f: NS(enum_type=enum if f == "network_lock" else None) for f in fields}
+    return NS(DESCRIPTOR=NS(fields_by_name=by_name))
+
+
+def test_network_lock_by_rpc_capability():
+    v4 = _fake_opts(["network_lock", "images_dir"],
+                    {"IPTABLES": 1, "NFTABLES": 2, "SKIP": 3})
+    v3 = _fake_opts(["network_lock"], {"IPTABLES": 1, "NFTABLES": 2})   # CRIU 3.17
+    assert criu_mod._network_lock(v4) == 3
+    assert criu_mod._network_lock(v3) == 2
+
+
+# ---- benches/report.py: side-by-side ratios -----------------------------------
+def _load_report():
+    spec = importlib.util.spec_from_file_location("bench_report", REPORT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _result(arch, emulated, date, p50s, label=None, with_ratios=True):
+    results = [{"function": fn, "start_type": st, "via": "manager", "n": 3, "min": v,
+                "p50": v, "p90": v, "p99": v, "errors": 0, "error_examples": [],
+                "notes": []}
+               for fn, row in p50s.items() for st, v in row.items()]
+    data = {"meta": {"arch": arch, "arch_label": label or arch, "cpu_model": "cpu",
+                     "cores": 2, "kernel": "6.1", "criu_version": "3.17.1",
+                     "python_version": "3.11.2", "emulated": emulated, "n": 3,
+                     "date": date},
+            "results": results, "burst": [], "memory": [], "publish": {},
+            "unavailable": {}}
+    if with_ratios:   # as run.py stores them
+        data["ratios"] = {fn: {"cold/restored-l1": round(r["cold"] / r["restored-l1"], 2),
+                               "restored-l1/warm": round(r["restored-l1"] / r["warm"], 2),
+                               "restored-l1/zygote": round(r["restored-l1"] / r["zygote"], 2)}
+                          for fn, r in p50s.items()}
+    return data
+
+
+def test_compare_table_side_by_side(tmp_path):
+    report = _load_report()
+    x86 = {"hello": {"cold": 100.0, "restored-l1": 40.0, "warm": 1.0, "zygote": 4.0}}
+    old_x86 = {"hello": {"cold": 999.0, "restored-l1": 1.0, "warm": 1.0, "zygote": 1.0}}
+    arm = {"hello": {"cold": 3000.0, "restored-l1": 1000.0, "warm": 20.0, "zygote": 250.0},
+           "data": {"cold": 9000.0, "restored-l1": 1500.0, "warm": 30.0, "zygote": 500.0}}
+    (tmp_path / "x86_64-1.json").write_text(json.dumps(
+        _result("x86_64", False, "2026-11-28T03:00:00+00:00", x86)))
+    (tmp_path / "x86_64-0.json").write_text(json.dumps(
+        _result("x86_64", False, "2026-11-01T03:00:00+00:00", old_x86)))
+    (tmp_path / "aarch64-emulated-1.json").write_text(json.dumps(
+        _result("aarch64", True, "2026-11-28T05:00:00+00:00", arm,
+                label="aarch64 (QEMU TCG, emulated)", with_ratios=False)))
+    (tmp_path / "notes.json").write_text("[]")          # not a result: ignored
+
+    runs = report.newest_results(tmp_path)
+    assert [r["meta"]["arch"] for r in runs] == ["x86_64", "aarch64"]
+    assert runs[0]["meta"]["date"].startswith("2026-11-28")   # the newest x86_64 run
+
+    md, text = report.write_comparison(tmp_path, plots=False)
+    assert md == tmp_path / "compare-latest.md" and md.read_text() == text
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| function | ratio | x86_64 | aarch64 (QEMU TCG, emulated) |"
+    assert "| hello | cold/restored-l1 | 2.50 | 3.00 |" in rows
+    assert "| hello | restored-l1/warm | 40.00 | 50.00 |" in rows
+    assert "| hello | restored-l1/zygote | 10.00 | 4.00 |" in rows
+    # a function only one arch measured: "-" in the other column
+    assert "| data | cold/restored-l1 | - | 6.00 |" in rows
+    assert len(rows) == 1 + 2 * 3        # header + (2 functions x 3 ratios)
+    assert "emulated: true" in text and "CRIU 3.17.1" in text
