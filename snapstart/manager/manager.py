@@ -306,18 +306,40 @@ class Manager:
         return self._cold(info, key, req, notes)
 
     def _restore(self, info: VersionInfo) -> Sandbox:
+        """Restore a clone of ``info``'s snapshot. Without a prepared slot, one is
+        prepared on a thread while the manifest is checked and the images are
+        materialized (the two overlap: ~20 ms of namespaces, cgroup and criu swrk
+        against 1 ms from L1 or ~50-100 ms from the compressed store)."""
         n = int(info.version)
-        manifest = self.store.manifest(info.name, n)
-        self.store.check_compatible(manifest, criu_version=self.criu.version())
-        images = self.store.materialize(info.name, n)
+        tmp = self._tmp_for(info.config)
         slot = self._take_slot()
         work = slot.work_dir if slot else self.settings.shm / "run" / _private_name()
+        pool = pending = None
+        if slot is None:
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapstart-slot")
+            pending = pool.submit(RestoreSlot.prepare, self.criu, work, tmp=tmp)
+        try:
+            try:
+                manifest = self.store.manifest(info.name, n)
+                self.store.check_compatible(manifest, criu_version=self.criu.version())
+                images = self.store.materialize(info.name, n)
+            finally:
+                if pool is not None:
+                    pool.shutdown(wait=True)
+            if pending is not None:
+                slot = pending.result()
+        except BaseException:
+            if pending is not None and pending.exception() is None:
+                slot = pending.result()
+            if slot is not None:
+                slot.discard()
+            shutil.rmtree(work, ignore_errors=True)
+            raise
         try:
             sandbox = Sandbox.restore(self.criu, images, work,
                                       ctl_inode=int(info.snapshot["ctl_inode"]),
                                       name=f"{info.name}:{info.version}",
-                                      memory_mb=info.config.memory_mb, slot=slot,
-                                      tmp=self._tmp_for(info.config),
+                                      memory_mb=info.config.memory_mb, slot=slot, tmp=tmp,
                                       egress=info.config.egress,
                                       log_sink=self._sink(info.name, info.version))
         finally:
