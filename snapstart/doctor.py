@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +27,7 @@ class Check:
 
 def _unshare_probe(flag: int) -> tuple[bool, str]:
     """Try unshare(flag) in a throwaway thread (PID/time: affect only future children)."""
-    out: list = []
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def work() -> None:
-        rc = libc.unshare(flag)
-        out.append((rc == 0, os.strerror(ctypes.get_errno()) if rc else "ok"))
+    from .sandbox.nsutil import libc, on_thread
 
     # CLONE_NEWPID / CLONE_NEWTIME on a thread fail with EINVAL in a threaded process,
     # so probe those in a forked child instead.
@@ -43,10 +37,12 @@ def _unshare_probe(flag: int) -> tuple[bool, str]:
             os._exit(0 if libc.unshare(flag) == 0 else 1)
         _, status = os.waitpid(pid, 0)
         return os.waitstatus_to_exitcode(status) == 0, "ok" if status == 0 else "unshare failed"
-    t = threading.Thread(target=work)
-    t.start()
-    t.join()
-    return out[0]
+
+    def work() -> tuple[bool, str]:
+        rc = libc.unshare(flag)
+        return rc == 0, os.strerror(ctypes.get_errno()) if rc else "ok"
+
+    return on_thread(work, "snapstart-doctor")
 
 
 def run_checks(settings: Settings) -> list[Check]:

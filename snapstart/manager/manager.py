@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..checkpoint.criu import Criu
-from ..config import CRIU_RUNDIR, PROJECT_ROOT, FunctionConfig, Settings
-from ..errors import (AfterRestoreError, CheckpointError, ConfigError, InitError,
+from ..config import FunctionConfig, Settings
+from ..errors import (AfterRestoreError, ConfigError, InitError,
                       OutOfMemoryError,
                       PayloadError, PublishError, RestoreError, RuntimeExitError,
                       SandboxError, SandboxTimeoutError, SnapshotError, SnapStartError,
@@ -133,9 +133,9 @@ class Manager:
         (self.settings.shm / "run").mkdir(parents=True, exist_ok=True, mode=0o700)
         _sweep_stale_dirs(self.settings.shm)   # ... and their CRIU work / staging dirs
         # every sandbox's private /tmp keeps these reachable (those under /tmp, /dev/shm, ...)
-        self._tmp = PrivateTmp.for_paths(EPHEMERAL_DEFAULT_MB, [
-            self.settings.home, self.settings.shm, PROJECT_ROOT, sys.prefix, CRIU_RUNDIR,
-            os.path.dirname(os.path.realpath(self.settings.criu))])
+        self._tmp = PrivateTmp.for_sandbox(
+            EPHEMERAL_DEFAULT_MB, self.settings.home, self.settings.shm,
+            os.path.dirname(os.path.realpath(self.settings.criu)))
 
     @property
     def store(self):

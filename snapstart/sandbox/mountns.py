@@ -42,20 +42,20 @@ from __future__ import annotations
 
 import ctypes
 import os
-import threading
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
+from ..config import CRIU_RUNDIR, PROJECT_ROOT
 from ..errors import SandboxError
+from .nsutil import CLONE_FS, CLONE_NEWNS, check, libc, on_thread
 
 __all__ = ["PrivateTmp", "run_in_new", "run_in_mntns_of", "resize_tmp", "save_tmp",
            "restore_tmp", "TMP_ARCHIVE", "EPHEMERAL_DEFAULT_MB"]
 
 T = TypeVar("T")
 
-CLONE_FS = 0x00000200
-CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 0x1, 0x2, 0x4, 0x8, 0x20
 MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 1 << 18
 MASKED = ("/var/tmp", "/dev/shm", "/run/lock")   # read-only and empty in a sandbox
@@ -63,22 +63,15 @@ _ROOTS = ("/tmp",) + MASKED
 EPHEMERAL_DEFAULT_MB = 512
 TMP_ARCHIVE = "snapstart-tmp.tar"   # /tmp at publish time, next to CRIU's images
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_char_p]
-
-
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                       ctypes.c_char_p]
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int,
            data: str | None = None) -> None:
     enc = (lambda s: None if s is None else os.fsencode(s))
-    _check(_libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)),
-           f"mount {target}")
+    check(libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)),
+          f"mount {target}")
 
 
 @dataclass(frozen=True)
@@ -106,26 +99,14 @@ class PrivateTmp:
                 keep.append(p)
         return cls(size_mb=size_mb, keep=tuple(keep))
 
+    @classmethod
+    def for_sandbox(cls, size_mb: int, *paths: os.PathLike | str) -> "PrivateTmp":
+        """``for_paths`` of ``paths`` plus what every sandbox needs to reach:
+        snapstart's code, its Python, CRIU's kdat cache directory."""
+        return cls.for_paths(size_mb, [PROJECT_ROOT, sys.prefix, CRIU_RUNDIR, *paths])
+
     def _tmpfs_options(self) -> str:
         return f"size={self.size_mb}m,mode=1777"
-
-
-def _on_thread(fn: Callable[[], T], name: str) -> T:
-    out: list = []
-
-    def body() -> None:
-        try:
-            out.append((True, fn()))
-        except BaseException as exc:   # handed to the caller's thread
-            out.append((False, exc))
-
-    thread = threading.Thread(target=body, name=name)
-    thread.start()
-    thread.join()
-    ok, value = out[0]
-    if not ok:
-        raise value
-    return value
 
 
 def run_in_new(tmp: PrivateTmp, fn: Callable[[], T]) -> T:
@@ -137,7 +118,7 @@ def run_in_new(tmp: PrivateTmp, fn: Callable[[], T]) -> T:
     def body() -> T:
         keep_fds: list[tuple[str, int]] = []
         try:
-            _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+            check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
             # Our mounts must not propagate back to the host (systemd makes / shared).
             _mount(None, "/", None, MS_REC | MS_PRIVATE)
             for path in tmp.keep:
@@ -160,14 +141,14 @@ def run_in_new(tmp: PrivateTmp, fn: Callable[[], T]) -> T:
                 os.close(fd)
         return fn()
 
-    return _on_thread(body, "snapstart-mntns")
+    return on_thread(body, "snapstart-mntns")
 
 
 def _enter_mntns_of(pid: int) -> None:
-    _check(_libc.unshare(CLONE_FS), "unshare(CLONE_FS)")   # setns needs an unshared fs
+    check(libc.unshare(CLONE_FS), "unshare(CLONE_FS)")   # setns needs an unshared fs
     fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _check(_libc.setns(fd, CLONE_NEWNS), "setns(mnt)")
+        check(libc.setns(fd, CLONE_NEWNS), "setns(mnt)")
     finally:
         os.close(fd)
 
@@ -182,7 +163,7 @@ def run_in_mntns_of(pid: int, fn: Callable[[], T]) -> T:
             raise SandboxError(f"cannot enter the mount namespace of pid {pid}: {exc}") from exc
         return fn()
 
-    return _on_thread(body, "snapstart-mntns")
+    return on_thread(body, "snapstart-mntns")
 
 
 def resize_tmp(pid: int, tmp: PrivateTmp) -> None:
@@ -196,12 +177,12 @@ def _in_tmp_of(pid: int, fn: Callable[[], T]) -> T:
     """Run ``fn`` on a thread chroot-ed into ``pid``'s /tmp (its cwd is that /)."""
 
     def body() -> T:
-        _check(_libc.unshare(CLONE_FS), "unshare(CLONE_FS)")   # chroot this thread only
+        check(libc.unshare(CLONE_FS), "unshare(CLONE_FS)")   # chroot this thread only
         os.chroot(f"/proc/{pid}/root/tmp")
         os.chdir("/")
         return fn()
 
-    return _on_thread(body, "snapstart-tmp")
+    return on_thread(body, "snapstart-tmp")
 
 
 def _scaffold(keep: Sequence[str]) -> set[str]:

@@ -26,26 +26,23 @@ both sides), paid at publish/cold start and on the restore path of egress functi
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import os
 import socket
 import struct
 import random
-import threading
 from dataclasses import dataclass
 
 from ..errors import SandboxError
+from .nsutil import CLONE_NEWNET, check, libc, on_thread
 
 __all__ = ["NetNs", "new_netns", "Egress", "add_egress"]
 
-CLONE_NEWNET = 0x40000000
 EGRESS_BASE = (169 << 24) | (254 << 16) | (128 << 8)   # 169.254.128.0/17, /30 blocks
 EGRESS_BLOCKS = 8192
 _METADATA_BLOCK = ((169 - 128) << 8 | 252) // 4         # holds 169.254.169.254
 SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
 IFF_UP = 0x1
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass
@@ -79,28 +76,19 @@ def _lo_up() -> None:
         fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sh14x", b"lo", flags | IFF_UP))
 
 
-def _worker(out: list) -> None:
-    try:
-        if _libc.unshare(CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
-        fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        _lo_up()
-        host, agent = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        out.append(NetNs(fd=fd, inode=os.fstat(fd).st_ino, host_sock=host, agent_sock=agent))
-    except BaseException as exc:  # reported to the caller's thread
-        out.append(exc)
+def _make_netns() -> NetNs:
+    check(libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+    fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    _lo_up()
+    host, agent = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return NetNs(fd=fd, inode=os.fstat(fd).st_ino, host_sock=host, agent_sock=agent)
 
 
 def new_netns() -> NetNs:
-    out: list = []
-    thread = threading.Thread(target=_worker, args=(out,), name="snapstart-netns")
-    thread.start()
-    thread.join()
-    result = out[0]
-    if isinstance(result, BaseException):
-        raise SandboxError(f"cannot create a network namespace: {result}") from result
-    return result
+    try:
+        return on_thread(_make_netns, "snapstart-netns")
+    except Exception as exc:
+        raise SandboxError(f"cannot create a network namespace: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -171,19 +159,9 @@ def _clone_end(egress: Egress) -> None:
 
 def _inside(netns_fd: int, fn) -> None:
     """Run ``fn`` on a thread inside the network namespace (netlink, /proc/sys/net)."""
-    out: list = []
 
     def body() -> None:
-        try:
-            if _libc.setns(netns_fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"setns(net): {os.strerror(err)}")
-            fn()
-        except BaseException as exc:
-            out.append(exc)
+        check(libc.setns(netns_fd, CLONE_NEWNET), "setns(net)")
+        fn()
 
-    thread = threading.Thread(target=body, name="snapstart-egress")
-    thread.start()
-    thread.join()
-    if out:
-        raise out[0]
+    on_thread(body, "snapstart-egress")

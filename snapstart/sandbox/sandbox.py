@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -39,7 +40,7 @@ from typing import Callable
 from bootstrap import protocol
 
 from ..checkpoint.criu import Criu, DumpResult, Worker, reap_restore_leftovers
-from ..config import CRIU_RUNDIR, PROJECT_ROOT
+from ..config import PROJECT_ROOT
 from ..errors import (AfterRestoreError, InitError, OutOfMemoryError, RuntimeExitError,
                       SandboxError, SandboxTimeoutError)
 from ..runtimes import RuntimeSpec
@@ -86,10 +87,10 @@ class RestoreSlot:
     def prepare(cls, criu: Criu, work_dir: Path, *, cgroups: bool = True,
                 tmp: PrivateTmp | None = None) -> "RestoreSlot":
         """``tmp``: the private /tmp (default: 512 MB, keeping snapstart, its Python
-        and CRIU reachable); managers pass theirs (mountns.PrivateTmp.for_paths)."""
+        and CRIU reachable); managers pass theirs (PrivateTmp.for_sandbox)."""
         if tmp is None:
-            tmp = PrivateTmp.for_paths(mountns.EPHEMERAL_DEFAULT_MB,
-                                       _needed_paths(os.path.dirname(criu.binary)))
+            tmp = PrivateTmp.for_sandbox(mountns.EPHEMERAL_DEFAULT_MB,
+                                         os.path.dirname(os.path.realpath(criu.binary)))
         netns = new_netns()
         cgroup = None
         try:
@@ -137,43 +138,12 @@ class InvokeResult:
     notes: list[str] = field(default_factory=list)
 
 
-class _Background:
-    """``fn(*args)`` on a thread; ``result()`` joins and returns or raises."""
-
-    def __init__(self, fn: Callable, *args) -> None:
-        self._out: list = []
-        self._thread = threading.Thread(target=self._run, args=(fn, args),
-                                        name="snapstart-bg", daemon=True)
-        self._thread.start()
-
-    def _run(self, fn: Callable, args: tuple) -> None:
-        try:
-            self._out.append((True, fn(*args)))
-        except BaseException as exc:
-            self._out.append((False, exc))
-
-    def wait(self) -> None:
-        self._thread.join()
-
-    def result(self):
-        self._thread.join()
-        ok, value = self._out[0]
-        if not ok:
-            raise value
-        return value
-
-
 def _kill_and_reap(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     except (ProcessLookupError, ChildProcessError):
         pass
-
-
-def _needed_paths(*extra: str) -> list[str]:
-    """What every sandbox must still see when its /tmp is private."""
-    return [str(PROJECT_ROOT), sys.prefix, CRIU_RUNDIR, *extra]
 
 
 def _agent_env() -> dict[str, str]:
@@ -253,7 +223,7 @@ class Sandbox:
         PYTHONHASHSEED for the same reason.
         """
         if tmp is None:
-            tmp = PrivateTmp.for_paths(mountns.EPHEMERAL_DEFAULT_MB, _needed_paths(spec.cwd))
+            tmp = PrivateTmp.for_sandbox(mountns.EPHEMERAL_DEFAULT_MB, spec.cwd)
         netns = new_netns()
         nsenter, unshare = shutil.which("nsenter"), shutil.which("unshare")
         if not nsenter or not unshare:
@@ -348,19 +318,22 @@ class Sandbox:
         # The egress veth (~13 ms of netlink) is built while CRIU restores: CRIU never
         # looks inside the (external) network namespace, and the tree stays parked
         # until the first invoke resumes it.
-        link_job = _Background(add_egress, slot.netns.fd) if egress else None
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapstart-egress") \
+            if egress else None
+        link_job = pool.submit(add_egress, slot.netns.fd) if pool else None
         pid = 0
         try:
             pid = criu.restore_with(slot.worker, images_dir, ctl_inode=ctl_inode)
             link = link_job.result() if link_job else None
         except BaseException:
-            if link_job:
-                link_job.wait()
             if pid:
                 _kill_and_reap(pid)
             slot.discard()              # kills what CRIU restored so far (the cgroup)
             reap_restore_leftovers()    # ... and reaps it: those tasks are our children
             raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
         netns = slot.netns
         netns.close_agent_end()
         netns.close_fd()
@@ -462,8 +435,7 @@ class Sandbox:
                 raise InitError(f"Runtime exited without providing a reason ({detail})",
                                 error_type="Runtime.ExitError")
 
-    def checkpoint(self, criu: Criu, images_dir: Path, work_dir: Path,
-                   tmp: PrivateTmp | None = None) -> DumpResult:
+    def checkpoint(self, criu: Criu, images_dir: Path, work_dir: Path) -> DumpResult:
         """Dump the whole tree (it is parked in GET /restore/next); the tree dies.
 
         CRIU runs inside the sandbox's mount namespace (mountns.py explains why);
@@ -472,7 +444,7 @@ class Sandbox:
         self.lifecycle.to(S.SNAPSHOTTING)
         try:
             images_dir.mkdir(parents=True, exist_ok=True)
-            mountns.save_tmp(self.pid, images_dir / mountns.TMP_ARCHIVE, tmp or self.tmp)
+            mountns.save_tmp(self.pid, images_dir / mountns.TMP_ARCHIVE, self.tmp)
             result = criu.dump(self.pid, images_dir, work_dir, netns_inode=self._netns_inode,
                                unix_inodes=[self._ctl_inode],
                                fork_in=lambda fn: mountns.run_in_mntns_of(self.pid, fn))
