@@ -32,7 +32,6 @@ import random
 import resource
 import shutil
 import statistics
-import struct
 import sys
 import tempfile
 import time
@@ -41,23 +40,7 @@ from typing import Any
 
 from snapstart.store import LocalStore
 from snapstart.store.chunking import CHUNKER_ID, PAGE
-
-ZERO = bytes(PAGE)
-_WORDS = [b"handler\0", b"__init__", b"request\0", b"json.dum", b"utf-8\0\0\0",
-          b"/var/tas", b"Content-", b"boto3\0\0\0", b"lambda\0\0", b"response"]
-
-
-def _heap_page(rng: random.Random) -> bytes:
-    words = []
-    for _ in range(PAGE // 8):
-        r = rng.random()
-        if r < 0.45:
-            words.append(struct.pack("<Q", 0x7F0000000000 + rng.randrange(1 << 24) * 16))
-        elif r < 0.75:
-            words.append(struct.pack("<Q", rng.randrange(256)))
-        else:
-            words.append(rng.choice(_WORDS))
-    return b"".join(words)
+from snapstart.store.synthetic import fill_pages
 
 
 def synthetic_image(path: Path, pages_mib: int = 32, seed: int = 1) -> Path:
@@ -67,24 +50,7 @@ def synthetic_image(path: Path, pages_mib: int = 32, seed: int = 1) -> Path:
                        "pagemap-1.img": 2936, "files.img": 5681, "fdinfo-2.img": 44,
                        "pstree.img": 26, "ids-1.img": 36}.items():
         (path / name).write_bytes(rng.randbytes(size))
-    pool = [rng.randbytes(PAGE) for _ in range(16)]
-    heap = [_heap_page(rng) for _ in range(64)]
-    out = bytearray()
-    for _ in range(pages_mib * 256):
-        r = rng.random()
-        if r < 0.15:
-            out += ZERO
-        elif r < 0.35:
-            out += rng.randbytes(PAGE)
-        elif r < 0.55:
-            out += pool[rng.randrange(len(pool))]
-        else:
-            page = bytearray(heap[rng.randrange(len(heap))])
-            for _ in range(8):
-                j = rng.randrange(PAGE // 8) * 8
-                page[j:j + 8] = rng.randbytes(8)
-            out += page
-    (path / "pages-1.img").write_bytes(out)
+    (path / "pages-1.img").write_bytes(fill_pages(rng, pages_mib * 256))
     return path
 
 

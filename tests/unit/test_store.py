@@ -15,7 +15,6 @@ import random
 import shutil
 import signal
 import stat
-import struct
 import subprocess
 import sys
 import textwrap
@@ -31,46 +30,13 @@ from snapstart.errors import (ConfigError, FunctionNotFoundError, SnapshotIncomp
 from snapstart.store import HostFacts, LocalStore, Manifest, Store
 from snapstart.store.chunking import MAX_CHUNK, PAGE, split
 from snapstart.store.manifest import MAX_MANIFEST_BYTES
+from snapstart.store.synthetic import fill_pages
 
 PAGES_MIB = 20
-ZERO = bytes(PAGE)
-_WORDS = [b"handler\0", b"__init__", b"request\0", b"json.dum", b"utf-8\0\0\0",
-          b"/var/tas", b"Content-", b"boto3\0\0\0", b"lambda\0\0", b"response"]
-
-
-def _heap_page(rng: random.Random) -> bytes:
-    words = []
-    for _ in range(PAGE // 8):
-        r = rng.random()
-        if r < 0.45:
-            words.append(struct.pack("<Q", 0x7F0000000000 + rng.randrange(1 << 24) * 16))
-        elif r < 0.75:
-            words.append(struct.pack("<Q", rng.randrange(256)))
-        else:
-            words.append(rng.choice(_WORDS))
-    return b"".join(words)
 
 
 def make_pages(seed: int, n_pages: int) -> bytearray:
-    rng = random.Random(seed)
-    pool = [rng.randbytes(PAGE) for _ in range(16)]
-    heap = [_heap_page(rng) for _ in range(64)]
-    out = bytearray()
-    for _ in range(n_pages):
-        r = rng.random()
-        if r < 0.15:
-            out += ZERO
-        elif r < 0.35:
-            out += rng.randbytes(PAGE)
-        elif r < 0.55:
-            out += pool[rng.randrange(len(pool))]
-        else:
-            page = bytearray(heap[rng.randrange(len(heap))])
-            for _ in range(8):
-                j = rng.randrange(PAGE // 8) * 8
-                page[j:j + 8] = rng.randbytes(8)
-            out += page
-    return out
+    return fill_pages(random.Random(seed), n_pages)
 
 
 def make_image_dir(path: Path, seed: int = 1, pages_mib: float = PAGES_MIB,
