@@ -66,6 +66,16 @@ def _sendall(sock: socket.socket, data: bytes, *, timeout: float | None) -> bool
     return True
 
 
+def _recv_ready(sock: socket.socket, n: int) -> bytes | None:
+    """A non-blocking read: the data, b"" at EOF or on an error, None if nothing yet."""
+    try:
+        return sock.recv(n)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 def _json(obj: dict) -> bytes:
     return json.dumps(obj).encode()
 
@@ -150,12 +160,9 @@ class Agent:
             os._exit(0)  # host is gone: the sandbox dies with it (PID 1 exits)
 
     def _on_ctl(self) -> None:
-        try:
-            data = self.ctl.recv(1 << 20)
-        except BlockingIOError:
+        data = _recv_ready(self.ctl, 1 << 20)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             os._exit(0)
         try:
@@ -308,12 +315,9 @@ class Agent:
 
     def _on_conn(self, conn: Conn, read: bool = True) -> None:
         if read:
-            try:
-                data = conn.sock.recv(1 << 16)
-            except BlockingIOError:
+            data = _recv_ready(conn.sock, 1 << 16)
+            if data is None:
                 return
-            except OSError:
-                data = b""
             if not data and conn.parked:
                 # The client gave up on its parked GET /next (or /restore/next). Left
                 # registered, its EOF would spin this loop, and the next event would
