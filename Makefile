@@ -17,7 +17,7 @@ APT_PACKAGES := build-essential pkg-config libprotobuf-c-dev protobuf-c-compiler
 	libgnutls28-dev libnftables-dev libaio-dev uuid-dev iproute2 util-linux \
 	python3-venv xz-utils
 
-.PHONY: all setup deps criu venv demo test unit integration bench doctor clean distclean
+.PHONY: all setup deps criu snapinit native venv demo test unit integration bench doctor clean distclean
 
 all: setup
 
@@ -40,7 +40,34 @@ $(CRIU_PREFIX)/.built: scripts/build-criu.sh $(wildcard scripts/criu-patches/*.p
 
 criu: $(CRIU_PREFIX)/.built
 
-$(STAMPS)/venv: pyproject.toml $(CRIU_PREFIX)/.built
+# snapinit: PID 1 of every sandbox (bootstrap/init/snapinit.c), static.
+$(STATE)/snapinit: bootstrap/init/snapinit.c | $(STAMPS)/apt
+	@mkdir -p $(STATE)
+	gcc -O2 -Wall -Werror -static -o $@.tmp $<
+	mv $@.tmp $@
+
+snapinit: $(STATE)/snapinit
+
+# The agent (bootstrap/native): a library the Python runtime loads (one process per
+# snapshot) and an executable for the other runtimes; both under /var/runtime/snapstart
+# in every sandbox.
+NATIVE_SRC := $(wildcard bootstrap/native/*.c bootstrap/native/*.h)
+$(STATE)/runtime/libsnapagent.so: $(NATIVE_SRC) | $(STAMPS)/apt
+	@mkdir -p $(STATE)/runtime
+	gcc -O2 -Wall -Wextra -Werror -fPIC -shared -o $@.tmp bootstrap/native/snapagent.c \
+	  bootstrap/native/msgpack.c bootstrap/native/confine.c -lpthread
+	mv $@.tmp $@
+
+$(STATE)/runtime/snapagent: $(NATIVE_SRC) | $(STAMPS)/apt
+	@mkdir -p $(STATE)/runtime
+	gcc -O2 -Wall -Wextra -Werror -DSNAPAGENT_MAIN -o $@.tmp bootstrap/native/snapagent.c \
+	  bootstrap/native/msgpack.c bootstrap/native/confine.c -lpthread
+	mv $@.tmp $@
+
+native: $(STATE)/snapinit $(STATE)/runtime/libsnapagent.so $(STATE)/runtime/snapagent
+
+$(STAMPS)/venv: pyproject.toml $(CRIU_PREFIX)/.built $(STATE)/snapinit \
+	  $(STATE)/runtime/libsnapagent.so $(STATE)/runtime/snapagent
 	@mkdir -p $(STAMPS)
 	@# recreate a venv built on another interpreter (e.g. one under /root)
 	@if [ -f $(VENV)/pyvenv.cfg ] && ! grep -qx "home = $$(dirname $$(realpath $(PYTHON)))" $(VENV)/pyvenv.cfg; then \
@@ -116,9 +143,12 @@ $(NODE_PREFIX)/snapstart-rand-engine.so: bootstrap/node/snapstart-rand-engine.c 
 	gcc -shared -fPIC -O2 -Wall -Werror -Wno-deprecated-declarations -I$$inc -o $@.tmp $<
 	mv $@.tmp $@
 
+# Checked here with the engine's host path; installed with the path sandboxes see
+# (/var/runtime/node: snapstart/sandbox/mountns.py).
 $(NODE_PREFIX)/openssl.cnf: bootstrap/node/openssl.cnf.in $(NODE_PREFIX)/snapstart-rand-engine.so
 	sed 's|@ENGINE@|$(NODE_PREFIX)/snapstart-rand-engine.so|' $< > $@.tmp
 	node --openssl-config=$@.tmp -e 'require("crypto").randomBytes(16)'
+	sed 's|@ENGINE@|/var/runtime/node/snapstart-rand-engine.so|' $< > $@.tmp
 	mv $@.tmp $@
 
 node-ric: $(NODE_PREFIX)/.built-$(NODE_RIC_VERSION) $(NODE_PREFIX)/openssl.cnf

@@ -1,7 +1,7 @@
-"""Host <-> agent control channel: framing and message catalogue.
+"""Host <-> agent control channel: framing, version and message catalogue.
 
 The channel is one ``AF_UNIX`` ``SOCK_STREAM`` socketpair per sandbox. The agent's
-end is created inside the sandbox's network namespace and inherited by the agent;
+end is created inside the sandbox's network namespace and inherited by the sandbox;
 at checkpoint it is dumped as an external unix socket and on every restore CRIU
 re-attaches a fresh socketpair end in its place (``--inherit-fd``), so each clone
 gets its own channel while the snapshot stays shared.
@@ -16,16 +16,38 @@ Frame format (both directions)::
 a larger frame is a protocol error and the channel is closed. Binary values
 (payloads, error bodies, log data) are msgpack ``bin``; text is ``str``.
 
-Host -> agent:
-    start     {argv: [str], env: {str: str}, cwd: str, init_type: "snap-start"|"on-demand"}
-              sent once after spawn; the agent starts the runtime.
-    invoke    {id, payload: bin, deadline_ms: int, arn, trace_id?, client_context?, cognito?}
-              queued; delivered on the runtime's next GET /invocation/next.
-    resume    {}  after a restore: answer the runtime's parked GET /restore/next (200).
-    ping      {}  -> pong
+Version
+-------
+``VERSION`` is the version of this catalogue. The agent's code is frozen into every
+snapshot, so the host must know which version a restored agent speaks: the agent
+sends ``hello`` as its first frame, the host records its ``v`` in the snapshot's
+manifest at publish (``agent_protocol``), and refuses to restore a snapshot whose
+version it does not speak (``SUPPORTED``), falling back to a cold start. Version 1
+(no ``hello``; snapshots made before it was introduced) is not spoken any more.
 
-Agent -> host:
-    ready          {}  the runtime asked for its first invocation (init is done)
+Layouts (``hello.layout``)
+--------------------------
+``inproc``  Python runtimes: the agent is a thread of the runtime's own interpreter,
+            PID 1 of the sandbox (bootstrap/inproc.py). One process per snapshot.
+``agent``   other runtimes: the agent is PID 1 (``python -m bootstrap.agent``) and
+            starts the runtime as its child on ``start``.
+
+Host -> agent
+-------------
+    start   {argv: [str], env: {str: str}, cwd: str, init_type: "snap-start"|"on-demand",
+             uid: int, gid: int, seccomp: bool}
+            ``agent`` layout only, once: the agent starts the runtime.
+    invoke  {id, payload: bin, deadline_ms: int, arn, trace_id?, client_context?, cognito?}
+            queued; delivered on the runtime's next GET /invocation/next.
+    resume  {}  after a restore: answer the runtime's parked GET /restore/next (200);
+            for a runtime checkpointed in GET /invocation/next, answered by ``ready``.
+    ping    {}  -> pong
+
+Agent -> host
+-------------
+    hello          {v: int, layout: "inproc"|"agent"}   first frame, once
+    ready          {}  init (or after a resume, the after-restore phase) is done: the
+                       runtime asked for its first invocation
     snapshot       {}  the runtime called GET /restore/next (init and before-snapshot
                        hooks are done); the tree is quiescent and may be dumped
     init_error     {type, body: bin}       POST /init/error
@@ -33,14 +55,22 @@ Agent -> host:
     response       {id, payload: bin}      POST /invocation/{id}/response
     error          {id, type, body: bin}   POST /invocation/{id}/error (or an agent-side
                                             failure such as Function.ResponseSizeTooLarge)
-    log            {data: bin}             the runtime's stdout/stderr (in order; all log
-                                            output written before a response/error frame is
-                                            sent before that frame)
-    exit           {status: int}           the runtime exited (exit code, or -signal)
+    log            {data: bin}             the runtime's stdout/stderr, in order; output
+                                            written before a response/error/exit frame is
+                                            sent before that frame
+    exit           {status: int, inflight: str|None}
+                                           the runtime exited (exit code, or -signal);
+                                           ``inflight``: the request id it was running
     pong           {}
     fatal          {message}               the agent itself failed; it exits next
 
-This module is imported by both sides and must stay dependency-light (msgpack).
+A sandbox whose channel reaches EOF without ``exit`` died abruptly (killed, or the
+in-process runtime called ``os._exit``); the host then reads the exit status of the
+sandbox's PID 1 itself.
+
+This module is imported by the host and by the Python launcher (bootstrap/inproc.py);
+the agent (bootstrap/native) implements the same frames in C. It must stay
+dependency-light (msgpack).
 """
 
 from __future__ import annotations
@@ -50,14 +80,21 @@ import struct
 
 import msgpack
 
-__all__ = ["MAX_FRAME", "ProtocolError", "encode", "FrameReader", "send", "recv"]
+__all__ = ["VERSION", "SUPPORTED", "MAX_FRAME", "ProtocolError", "encode", "FrameReader",
+           "send", "recv"]
 
+VERSION = 2
+SUPPORTED = frozenset({2})
 MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 
 
 class ProtocolError(Exception):
-    """A malformed or oversized frame, or the peer closed the channel."""
+    """A malformed or oversized frame, or the peer closed the channel.
+
+    The host translates it into a ``SandboxError`` at its boundary (sandbox.py); the
+    agent exits on one.
+    """
 
 
 def encode(msg: dict) -> bytes:

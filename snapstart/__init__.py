@@ -13,7 +13,7 @@ from .errors import *  # noqa: F401,F403  (the exception tree is public)
 from .errors import __all__ as _errors_all
 
 __all__ = ["Manager", "FunctionConfig", "Settings", *_errors_all]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):

@@ -87,18 +87,6 @@ def home(monkeypatch):
 
 
 @pytest.fixture
-def sandbox_writable(settings):
-    """A host directory the unprivileged function user may write (marker files).
-    Sandboxes see /tmp privately and /var/tmp, /dev/shm read-only, so it lives in
-    SNAPSTART_HOME, which every sandbox keeps reaching."""
-    settings.home.mkdir(parents=True, exist_ok=True, mode=0o711)
-    path = Path(tempfile.mkdtemp(prefix="shared-", dir=settings.home))
-    os.chmod(path, 0o1777)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
 def settings(home):
     return home
 

@@ -5,9 +5,9 @@
 stopped its servers. It looks at:
 
 - processes: every descendant of this process and of the roots given to
-  ``watch()`` (a ``snapstart serve`` subprocess), and every process whose working
-  directory is under the test's SNAPSTART_HOME or SNAPSTART_SHM (a runtime whose
-  manager died is reparented to init; its cwd is its version's code directory);
+  ``watch()`` (a ``snapstart serve`` subprocess), and every process of the test's
+  sandboxes (their snapinit names the test's SNAPSTART_HOME: sandbox/procs.py),
+  wherever their manager went;
 - network namespaces and sockets held by this process (``/proc/self/fd``);
 - cgroups: entries of ``/sys/fs/cgroup/{memory,pids,cpu}/snapstart`` (and the v2
   ``/sys/fs/cgroup/snapstart``) whose owner pid (``<kind>-<pid>-<id>``) is this
@@ -42,7 +42,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["LeakCheck", "Leaks", "ServerProcess", "descendants", "reap_adopted", "record"]
+__all__ = ["LeakCheck", "Leaks", "ServerProcess", "descendants", "reap_adopted", "record",
+           "sandbox_processes", "sandbox_files", "wait_sandbox_file", "function_logs"]
 
 CGROUP_BASES = [Path("/sys/fs/cgroup") / c / "snapstart" for c in ("memory", "pids", "cpu")] \
     + [Path("/sys/fs/cgroup/snapstart")]
@@ -79,6 +80,40 @@ def descendants(root: int) -> set[int]:
                 seen.add(child)
                 todo.append(child)
     return seen
+
+
+def sandbox_processes(settings) -> list[int]:
+    """Every process inside this installation's sandboxes (not their snapinit)."""
+    from snapstart.sandbox.procs import find_inits, members, owner_tag
+
+    return sorted(p for init in find_inits(owner_tag(settings.home)) for p in members(init))
+
+
+def sandbox_files(settings, path: str) -> list[Path]:
+    """``path`` (absolute, as a function sees it, e.g. /tmp/x) in every live sandbox
+    of this installation, through /proc/PID/root (sandboxes run chroot-ed)."""
+    return [Path(f"/proc/{pid}/root{path}") for pid in sandbox_processes(settings)]
+
+
+def wait_sandbox_file(settings, path: str, timeout_s: float = 20.0) -> Path:
+    """The first sandbox file ``path`` to appear (a function's marker in its /tmp)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for candidate in sandbox_files(settings, path):
+            try:
+                if candidate.exists():
+                    return candidate
+            except OSError:
+                continue
+        assert time.monotonic() < deadline, f"no sandbox wrote {path}"
+        time.sleep(0.01)
+
+
+def function_logs(settings, name: str) -> str:
+    """What `snapstart logs NAME` holds (every stream), as text."""
+    root = settings.home / "logs" / name
+    return "".join(p.read_text(errors="replace") for p in sorted(root.glob("*.log"))) \
+        if root.is_dir() else ""
 
 
 def _state(pid: int) -> str:
@@ -161,16 +196,12 @@ class LeakCheck:
         out = descendants(os.getpid())
         for root in self.roots:
             out |= descendants(root) | ({root} if os.path.exists(f"/proc/{root}") else set())
-        roots = [str(self.settings.home), str(self.settings.shm)]
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    cwd = os.readlink(f"/proc/{entry}/cwd")
-                except OSError:
-                    continue
-                if any(cwd == r or cwd.startswith(r + "/") for r in roots):
-                    out.add(int(entry))
-        return out
+        # this installation's sandboxes, wherever their manager went (snapinit's
+        # --owner tag names the home), and their processes
+        from snapstart.sandbox.procs import find_inits, owner_tag
+
+        inits = find_inits(owner_tag(self.settings.home))
+        return out | set(inits) | set(sandbox_processes(self.settings))
 
     def _fd_kinds(self) -> dict[str, int]:
         counts: dict[str, int] = {}

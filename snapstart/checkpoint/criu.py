@@ -16,8 +16,12 @@ The sandbox layout CRIU sees (see ../shared/PLATFORM.md for why):
 - the runtime's TCP connection to the agent (parked in GET /restore/next) is inside
   the tree: ``tcp_established``; network locking is skipped (no iptables, and each
   clone has its own namespace anyway);
-- restore uses ``rst_sibling`` so the restored root becomes the manager's child
-  (the manager is also a child subreaper) and can be reaped by pid.
+- the sandbox's PID namespace is external too (``pid[<inode>]:pidns``): its PID 1
+  (snapinit) is not in the image, and each clone is restored as PID 2 into the
+  namespace its restore slot prepared (``inherit_fd {key: "pidns", fd}``);
+- the restored root is criu's child while CRIU works (so CRIU sees it die and
+  fails the restore instead of waiting for it forever); when ``criu swrk`` exits,
+  it is reparented to the manager, a child subreaper, which reaps it by pid.
 
 CRIU writes its log to a work directory (never into the shared image directory, so
 many clones can restore from one materialized snapshot at once).
@@ -42,6 +46,7 @@ __all__ = ["Criu", "DumpResult", "Worker", "compatibility_problem",
            "reap_restore_leftovers"]
 
 NETNS_KEY = "netns"
+PIDNS_KEY = "pidns"
 _NETWORK_LOCK_SKIP = 3
 _CG_IGNORE = 0   # cgroups are the manager's: restored tasks inherit criu's own group
 
@@ -104,8 +109,13 @@ def _network_lock(opts) -> int:
 
 
 class Criu:
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, *, map_pages: bool = True, log_level: int = 2) -> None:
+        """``map_pages``: restore private memory by mapping the page images
+        (``--mmap-page-image``, scripts/criu-patches/0003) where this CRIU has it,
+        else by copying. ``log_level``: CRIU's -v (4 for restore_timeline's phases)."""
         self.binary = binary
+        self.map_pages = map_pages
+        self.log_level = log_level
         self._version: str | None = None
 
     # ---- facts ----------------------------------------------------------------
@@ -155,11 +165,12 @@ class Criu:
         client.opts.network_lock = _network_lock(client.opts)
         client.opts.tcp_established = True
         client.opts.manage_cgroups_mode = _CG_IGNORE
-        client.opts.log_level = 2
+        client.opts.log_level = self.log_level
         return client
 
     def dump(self, pid: int, images_dir: Path, work_dir: Path, *, netns_inode: int,
-             unix_inodes: list[int], fork_in: Callable | None = None) -> DumpResult:
+             pidns_inode: int | None = None, unix_inodes: list[int],
+             fork_in: Callable | None = None) -> DumpResult:
         """Checkpoint the tree rooted at ``pid`` into ``images_dir``; the tree is killed.
 
         ``fork_in(fn)`` runs ``fn`` (which forks ``criu swrk`` and talks to it) where
@@ -182,6 +193,8 @@ class Criu:
             opts.log_file = "dump.log"
             opts.leave_running = False
             opts.external.append(f"net[{netns_inode}]:{NETNS_KEY}")
+            if pidns_inode:     # the sandbox's PID 1 (snapinit) is not in the image
+                opts.external.append(f"pid[{pidns_inode}]:{PIDNS_KEY}")
             for ino in unix_inodes:
                 opts.external.append(f"unix[{ino}]")
             try:
@@ -259,11 +272,15 @@ class Criu:
             opts.images_dir_fd = img_fd
         opts.work_dir_fd = worker.work_fd
         opts.log_file = "restore.log"
-        opts.rst_sibling = True
         ifd = opts.inherit_fd.add()
         ifd.key, ifd.fd = NETNS_KEY, worker.netns_fd
         ifd = opts.inherit_fd.add()
         ifd.key, ifd.fd = f"socket:[{ctl_inode}]", worker.ctl_fd
+        if worker.pidns_fd >= 0:
+            ifd = opts.inherit_fd.add()
+            ifd.key, ifd.fd = PIDNS_KEY, worker.pidns_fd
+        if self.map_pages and "mmap_page_image" in opts.DESCRIPTOR.fields_by_name:
+            opts.mmap_page_image = True
         try:
             # pycriu blocks in recv() until swrk answers; see _SwrkSocket for why that
             # would be forever if swrk dies mid-restore.
@@ -328,8 +345,8 @@ class _SwrkSocket:
 def reap_restore_leftovers(timeout_s: float = 1.0) -> int:
     """Reap what a failed restore leaves as zombies of this process; returns how many.
 
-    CRIU forks the clone's root (``rst_sibling``) and a helper as children of the
-    caller; when a restore fails half-way (criu killed, tree killed) they die
+    CRIU forks the clone's root and helpers; when a restore fails half-way (criu
+    killed, tree killed) they are reparented to this process (a subreaper) and die
     unreaped, and no pid of theirs was ever returned. They still carry CRIU's
     process name, which a completed clone never does. Call after the clone's
     cgroup is destroyed (its tasks are dying). Live swrk workers are left to pycriu.
@@ -393,6 +410,7 @@ class Worker:
     work_fd: int
     netns_fd: int
     ctl_fd: int
+    pidns_fd: int = -1         # the slot's PID namespace (owned by its InitProcess)
     closed: bool = False
 
     def close(self) -> None:

@@ -453,7 +453,7 @@ def serve(options: ServeOptions, settings: Settings | None = None, *,
     from .orphans import kill_orphans
 
     settings = settings or Settings.from_env()
-    killed = kill_orphans(settings.home, settings.shm)
+    killed = kill_orphans(settings.home)
     if killed:
         log.warning("killed %d sandbox(es) left by a previous server", killed)
     manager = Manager(settings, max_concurrency=options.max_concurrency)

@@ -37,17 +37,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .. import __version__
 from ..checkpoint.criu import Criu
-from ..config import FunctionConfig, Settings
+from ..config import CRIU_RUNDIR, FunctionConfig, Settings
 from ..errors import (AfterRestoreError, ConfigError, InitError,
                       OutOfMemoryError,
                       PayloadError, PublishError, RestoreError, RuntimeExitError,
-                      SandboxError, SandboxTimeoutError, SnapshotError, SnapStartError,
-                      StoreError, ThrottledError)
+                      SandboxError, SandboxTimeoutError, SnapshotError,
+                      SnapshotIncompatibleError, SnapStartError, StoreError, ThrottledError)
 from ..registry import LATEST, Registry, VersionInfo
 from ..runtimes import runtime_spec
 from ..sandbox.cgroups import sweep_stale as sweep_stale_cgroups
-from ..sandbox.mountns import EPHEMERAL_DEFAULT_MB, PrivateTmp
+from ..sandbox.mountns import SandboxFs
+from ..sandbox.procs import owner_tag
 from ..sandbox.sandbox import InvokeRequest, InvokeResult, RestoreSlot, Sandbox
 from ..sandbox.state import SandboxState
 from .limits import ConcurrencyLimits
@@ -128,14 +130,15 @@ class Manager:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         sweep_stale_cgroups()   # groups of managers that died without cleaning up
         if not self.settings.home.exists():
-            self.settings.home.mkdir(parents=True, mode=0o711)
-            os.chmod(self.settings.home, 0o711)   # traversable by the sandbox user
+            # root only: sandboxes see their code through bind mounts (mountns.py)
+            self.settings.home.mkdir(parents=True, mode=0o700)
         (self.settings.shm / "run").mkdir(parents=True, exist_ok=True, mode=0o700)
+        # CRIU's kernel-feature cache lives on tmpfs, which a reboot empties: without
+        # its directory every CRIU call re-probes the kernel (~30 ms).
+        os.makedirs(CRIU_RUNDIR, mode=0o755, exist_ok=True)
         _sweep_stale_dirs(self.settings.shm)   # ... and their CRIU work / staging dirs
-        # every sandbox's private /tmp keeps these reachable (those under /tmp, /dev/shm, ...)
-        self._tmp = PrivateTmp.for_sandbox(
-            EPHEMERAL_DEFAULT_MB, self.settings.home, self.settings.shm,
-            os.path.dirname(os.path.realpath(self.settings.criu)))
+        self._fs = SandboxFs()         # a restore slot's filesystem (no code yet)
+        self.owner = owner_tag(self.settings.home)   # names our sandboxes in /proc
 
     @property
     def store(self):
@@ -163,10 +166,12 @@ class Manager:
                                 packages_dir=packages, version=str(n), snap_start=True,
                                 log_stream=f"publish/{n}", hash_seed=seed)
             t0 = time.monotonic()
-            sandbox = self._track(Sandbox.spawn(spec, name=f"{config.name}:{n}:publish",
+            sandbox = self._track(Sandbox.spawn(spec, owner=self.owner,
+                                                name=f"{config.name}:{n}:publish",
                                                 deterministic=True, hash_seed=seed,
                                                 memory_mb=config.memory_mb,
-                                                tmp=self._tmp_for(config),
+                                                fs=self._fs_for(config, vdir / "code",
+                                                                packages),
                                                 egress=config.egress,
                                                 log_sink=self._sink(config.name, "publish")))
             try:
@@ -187,7 +192,11 @@ class Manager:
             dump_ms = (time.monotonic() - t1) * 1000
             snapshot = {"ctl_inode": sandbox.ctl_inode, "init_duration_ms": init_ms,
                         "dump_duration_ms": dump_ms, "image_bytes": dump.image_bytes,
-                        "criu_version": self.criu.version()}
+                        "criu_version": self.criu.version(),
+                        # the agent frozen in the image speaks this (bootstrap.protocol)
+                        "agent_protocol": sandbox.protocol_version,
+                        "agent_layout": sandbox.layout,
+                        "snapstart_version": __version__}
             meta = {"config": config.to_dict(), "runtime": config.runtime,
                     "python": sys.version.split()[0], **snapshot}
             self.store.put(config.name, n, staging / "images", meta, progress=progress)
@@ -206,8 +215,12 @@ class Manager:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _tmp_for(self, config: FunctionConfig) -> PrivateTmp:
-        return dataclasses.replace(self._tmp, size_mb=config.ephemeral_storage_mb)
+    @staticmethod
+    def _fs_for(config: FunctionConfig, code: Path | None = None,
+                packages: Path | None = None) -> SandboxFs:
+        return SandboxFs(size_mb=config.ephemeral_storage_mb,
+                         task=str(code) if code else None,
+                         packages=str(packages) if packages else None)
 
     def _hash_seed(self, name: str) -> int:
         """A per-function PYTHONHASHSEED: stable across versions (so snapshots of two
@@ -311,17 +324,19 @@ class Manager:
         materialized (the two overlap: ~20 ms of namespaces, cgroup and criu swrk
         against 1 ms from L1 or ~50-100 ms from the compressed store)."""
         n = int(info.version)
-        tmp = self._tmp_for(info.config)
+        fs = self._fs_for(info.config)
         slot = self._take_slot()
         work = slot.work_dir if slot else self.settings.shm / "run" / _private_name()
         pool = pending = None
         if slot is None:
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapstart-slot")
-            pending = pool.submit(RestoreSlot.prepare, self.criu, work, tmp=tmp)
+            pending = pool.submit(RestoreSlot.prepare, self.criu, work, owner=self.owner,
+                                  fs=fs)
         try:
             try:
                 manifest = self.store.manifest(info.name, n)
                 self.store.check_compatible(manifest, criu_version=self.criu.version())
+                check_agent_protocol(f"{info.name}:{n}", manifest.meta)
                 images = self.store.materialize(info.name, n)
             finally:
                 if pool is not None:
@@ -338,8 +353,10 @@ class Manager:
         try:
             sandbox = Sandbox.restore(self.criu, images, work,
                                       ctl_inode=int(info.snapshot["ctl_inode"]),
+                                      owner=self.owner,
                                       name=f"{info.name}:{info.version}",
-                                      memory_mb=info.config.memory_mb, slot=slot, tmp=tmp,
+                                      task=info.code_dir, packages=info.packages_dir,
+                                      memory_mb=info.config.memory_mb, slot=slot, fs=fs,
                                       egress=info.config.egress,
                                       log_sink=self._sink(info.name, info.version))
         finally:
@@ -370,7 +387,7 @@ class Manager:
             try:
                 slot = RestoreSlot.prepare(self.criu,
                                            self.settings.shm / "run" / _private_name(),
-                                           tmp=self._tmp)
+                                           owner=self.owner, fs=self._fs)
             except SnapStartError as exc:
                 log.warning("cannot prepare a restore slot: %s", exc)
                 self._stop.wait(1.0)
@@ -396,9 +413,11 @@ class Manager:
                             packages_dir=info.packages_dir, version=info.version,
                             snap_start=False)
         t0 = time.monotonic()
-        sandbox = self._track(Sandbox.spawn(spec, name=f"{info.name}:{info.version}",
+        sandbox = self._track(Sandbox.spawn(spec, owner=self.owner,
+                                            name=f"{info.name}:{info.version}",
                                             memory_mb=info.config.memory_mb,
-                                            tmp=self._tmp_for(info.config),
+                                            fs=self._fs_for(info.config, info.code_dir,
+                                                            info.packages_dir),
                                             egress=info.config.egress,
                                             log_sink=self._sink(info.name, info.version)))
         logs = bytearray()
@@ -589,34 +608,13 @@ class Manager:
 
     def _prewarm(self, info: VersionInfo) -> Sandbox:
         """Restore a clone and resume it (after-restore hooks) without an event: IDLE."""
-        from bootstrap import protocol
-
         sandbox = self._restore(info)
         try:
-            protocol.send(sandbox.ctl, {"op": "resume"})
-            deadline = time.monotonic() + 30.0
-            while True:
-                msg = sandbox._recv(deadline)
-                op = msg["op"]
-                if op == "log":
-                    sandbox._log(msg["data"], None)
-                elif op == "ready":
-                    sandbox.lifecycle.to(SandboxState.IDLE)
-                    sandbox.last_used = time.monotonic()
-                    return sandbox
-                elif op == "restore_error":
-                    raise AfterRestoreError("an after-restore hook failed")
-                elif op in ("exit", "fatal"):
-                    raise RuntimeExitError("the runtime exited while resuming")
-        except SnapStartError:
-            self._untrack(sandbox)
-            raise
-        except Exception as exc:
-            self._untrack(sandbox)
-            raise SandboxError(f"cannot resume a provisioned clone: {exc}") from exc
+            sandbox.resume()
         except BaseException:
             self._untrack(sandbox)
             raise
+        return sandbox
 
     # ---- housekeeping thread -------------------------------------------------------
     def start_housekeeping(self, *, idle_timeout_s: float = 300.0,
@@ -661,6 +659,20 @@ class Manager:
         for key in keys:
             self._replenish(key)
         return len(doomed)
+
+
+def check_agent_protocol(label: str, meta: dict) -> None:
+    """Refuse a snapshot whose frozen agent speaks a control protocol this host does
+    not (bootstrap.protocol): published by another snapstart release."""
+    from bootstrap import protocol
+
+    version = meta.get("agent_protocol")
+    if version not in protocol.SUPPORTED:
+        made_by = meta.get("snapstart_version") or "a snapstart release before 0.2"
+        raise SnapshotIncompatibleError(
+            f"{label}: its agent speaks control protocol {version or 1} (published by "
+            f"{made_by}); this snapstart speaks {sorted(protocol.SUPPORTED)}: publish the "
+            "function again")
 
 
 def _private_name() -> str:

@@ -10,22 +10,39 @@ them).
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import PROJECT_ROOT, FunctionConfig, Settings
+from ..errors import ConfigError
+from ..sandbox.mountns import (PACKAGES_DIR, RUNTIME_DIR, TASK_DIR, runtime_mounts,
+                               sandbox_path)
 
 __all__ = ["RuntimeSpec", "runtime_spec", "RUNTIME_API"]
 
 RUNTIME_API = "127.0.0.1:9001"
 SITECUSTOMIZE_DIR = PROJECT_ROOT / "bootstrap" / "python"
+INPROC_LAUNCHER = "_snapstart_runtime"      # bootstrap/python/_snapstart_runtime.py
 
 
 @dataclass(frozen=True)
 class RuntimeSpec:
+    """How to start one runtime. ``argv`` is what Lambda would run (e.g.
+    ``python -m awslambdaric app.handler``); what the sandbox's PID 1 execs depends
+    on the process layout (bootstrap.protocol):
+
+    - ``inproc`` (Python): PID 1 is the runtime's own interpreter with the agent on a
+      thread: ``launch_argv`` (``python -m _snapstart_runtime --ctl-fd N``) with
+      ``exec_env``, snapstart's own variables only. It reads the ``start`` frame
+      (``to_frame``), confines itself, and only then takes the function's
+      environment and puts its directories (``pythonpath``) on sys.path: nothing of
+      the function (LD_PRELOAD, PYTHONHOME, a sitecustomize.py) acts while it is root.
+    - ``agent`` (node, provided): PID 1 is ``python -m bootstrap.agent``, which
+      forks, confines and execs ``argv`` with ``env`` on the same frame.
+    """
+
     argv: list[str]
     env: dict[str, str]
     cwd: str
@@ -36,16 +53,28 @@ class RuntimeSpec:
     uid: int = 0
     gid: int = 0
     seccomp: bool = True
+    inproc: bool = False
+    pythonpath: tuple[str, ...] = ()
+    exec_env: dict[str, str] = field(default_factory=dict)
 
     def to_frame(self) -> dict:
         return {"op": "start", "argv": self.argv, "env": self.env, "cwd": self.cwd,
                 "init_type": self.init_type, "uid": self.uid, "gid": self.gid,
-                "seccomp": self.seccomp}
+                "seccomp": self.seccomp, "pythonpath": list(self.pythonpath)}
+
+    def launch_argv(self, ctl_fd: int) -> list[str]:
+        """The inproc PID 1's command line."""
+        if not self.inproc:
+            raise ValueError("launch_argv is for the inproc layout")
+        return [self.argv[0], "-m", INPROC_LAUNCHER, "--ctl-fd", str(ctl_fd)]
 
 
 def runtime_spec(config: FunctionConfig, settings: Settings, *, code_dir: Path,
                  packages_dir: Path | None, version: str, snap_start: bool,
                  log_stream: str = "", hash_seed: int | None = None) -> RuntimeSpec:
+    """The runtime's launch, in the paths a sandbox sees (mountns.py): the code at
+    /var/task, its packages at /var/packages, the runtime under /var/runtime.
+    ``code_dir``/``packages_dir`` are the host directories mounted there."""
     init_type = "snap-start" if snap_start else "on-demand"
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -54,7 +83,8 @@ def runtime_spec(config: FunctionConfig, settings: Settings, *, code_dir: Path,
         "HOME": "/tmp",
         "AWS_LAMBDA_RUNTIME_API": RUNTIME_API,
         "_HANDLER": config.handler,
-        "LAMBDA_TASK_ROOT": str(code_dir),
+        "LAMBDA_TASK_ROOT": TASK_DIR,
+        "LAMBDA_RUNTIME_DIR": RUNTIME_DIR,
         "AWS_LAMBDA_FUNCTION_NAME": config.name,
         "AWS_LAMBDA_FUNCTION_VERSION": version,
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(config.memory_mb),
@@ -64,25 +94,28 @@ def runtime_spec(config: FunctionConfig, settings: Settings, *, code_dir: Path,
         "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{config.name}",
         "AWS_LAMBDA_LOG_STREAM_NAME": log_stream or f"{version}/snapstart",
     }
-    reach: list[Path] = []         # what the runtime's uid must be able to read
+    reach: list[Path] = [Path(sys.executable), PROJECT_ROOT / "bootstrap" / "python"]
+    pythonpath: tuple[str, ...] = ()
     if config.runtime == "python":
         py = f"python{sys.version_info.major}.{sys.version_info.minor}"
         env["AWS_EXECUTION_ENV"] = f"AWS_Lambda_{py}"
-        path = [str(code_dir)]
+        path = [TASK_DIR]
         if packages_dir is not None:
-            path.append(str(packages_dir))
-        path.append(str(SITECUSTOMIZE_DIR))
+            path.append(PACKAGES_DIR)
+        path.append(sandbox_path(SITECUSTOMIZE_DIR))
+        pythonpath = tuple(path)
         env["PYTHONPATH"] = ":".join(path)
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         if hash_seed is not None:
             env["PYTHONHASHSEED"] = str(hash_seed)
-        argv = [sys.executable, "-m", "awslambdaric", config.handler]
+        argv = [sandbox_path(sys.executable), "-m", "awslambdaric", config.handler]
     elif config.runtime == "node":
         from .node import node_launch
         launch = node_launch(config, snap_start=snap_start)
         env.update(launch.env)
-        argv, reach = launch.argv, launch.reach
+        argv = launch.argv
+        reach += launch.reach
     elif config.runtime == "provided":
         from .provided import provided_argv
         argv = provided_argv(code_dir)
@@ -90,18 +123,37 @@ def runtime_spec(config: FunctionConfig, settings: Settings, *, code_dir: Path,
         raise ValueError(config.runtime)
     merged = dict(config.environment)
     merged.update(env)
-    uid, gid = sandbox_identity(settings, [Path(argv[0]), code_dir, SITECUSTOMIZE_DIR]
-                                + ([packages_dir] if packages_dir else []) + reach)
+    # inproc: what PID 2 execs with, before it confines itself: snapstart's own
+    # variables, and PYTHONPATH holding only snapstart's directory (sitecustomize).
+    exec_env = dict(env, PYTHONPATH=sandbox_path(SITECUSTOMIZE_DIR)) if pythonpath else {}
+    uid, gid = sandbox_identity(settings, [(code_dir, code_dir)]
+                                + ([(packages_dir, packages_dir)] if packages_dir else [])
+                                + [(_mount_root(p), p) for p in reach])
     # node (aws-lambda-ric 3.x) and provided have no restore/next: see their modules.
-    return RuntimeSpec(argv=argv, env=merged, cwd=str(code_dir), init_type=init_type,
+    return RuntimeSpec(argv=argv, env=merged, cwd=TASK_DIR, init_type=init_type,
                        uid=uid, gid=gid,
-                       snapshot_on_next=config.runtime in ("node", "provided"))
+                       snapshot_on_next=config.runtime in ("node", "provided"),
+                       inproc=config.runtime == "python", pythonpath=pythonpath,
+                       exec_env=exec_env)
 
 
-def unreachable(path: Path, uid: int, gid: int) -> Path | None:
-    """The first component of ``path`` that (uid, gid) cannot traverse or read."""
+def _mount_root(path: Path) -> Path:
+    """The host directory mounted into sandboxes that holds ``path`` (or /usr)."""
+    real = os.path.realpath(path)
+    for host in runtime_mounts():
+        if real == host or real.startswith(host + "/"):
+            return Path(host)
+    return Path("/")
+
+
+def unreachable(path: Path, uid: int, gid: int, base: Path | None = None) -> Path | None:
+    """The first component of ``path`` (from ``base`` on: a mount root inside a
+    sandbox, whose host parents it never traverses) that (uid, gid) cannot traverse
+    or read."""
     path = Path(os.path.realpath(path))
-    chain = list(reversed(path.parents)) + [path]
+    base = Path(os.path.realpath(base)) if base is not None else Path("/")
+    chain = [p for p in list(reversed(path.parents)) + [path]
+             if p == base or base in p.parents]
     for part in chain:
         try:
             st = part.stat()
@@ -119,26 +171,19 @@ def unreachable(path: Path, uid: int, gid: int) -> Path | None:
     return None
 
 
-def sandbox_identity(settings: Settings, paths: list[Path]) -> tuple[int, int]:
-    """(uid, gid) for the runtime: the configured unprivileged identity, or root
-    (with a warning) when that identity could not reach the interpreter or code."""
+def sandbox_identity(settings: Settings, paths: list[tuple[Path, Path]]) -> tuple[int, int]:
+    """(uid, gid) the runtime runs as. ``paths``: (mount root, path) pairs the
+    identity must reach inside the sandbox. Fails closed: never root."""
     uid, gid = settings.sandbox_uid, settings.sandbox_gid
-    if uid == 0:
-        return 0, 0
-    for path in paths:
-        blocked = unreachable(path, uid, gid)
+    if uid == 0 or gid == 0:
+        raise ConfigError("functions never run as root: SNAPSTART_SANDBOX_UID/GID must not be 0")
+    for base, path in paths:
+        blocked = unreachable(path, uid, gid, base)
         if blocked is not None:
-            _warn_once(f"functions run as root: uid {uid} cannot reach {path} "
-                       f"({blocked} is mode {blocked.stat().st_mode & 0o777:o}); build the venv "
-                       "from /usr/bin/python3 (`make`) and keep SNAPSTART_HOME reachable")
-            return 0, 0
+            try:
+                mode = f"mode {blocked.stat().st_mode & 0o777:o}"
+            except OSError:
+                mode = "missing"
+            raise ConfigError(f"the function's identity (uid {uid}, gid {gid}) cannot reach "
+                              f"{path} inside its sandbox ({blocked} is {mode})")
     return uid, gid
-
-
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        logging.getLogger("snapstart.runtimes").warning(message)

@@ -3,7 +3,8 @@
 ``make node-ric`` installs the ric into ``.snapstart/node`` and builds the OpenSSL
 RAND engine + config described in ``bootstrap/node/snapstart-preload.js``. The
 runtime is ``node <ric>/bin/index.mjs <handler>`` (what ``npx aws-lambda-ric
-index.handler`` runs), cwd = the code directory.
+index.handler`` runs), cwd = the code directory; inside a sandbox the ric and the
+preload are under /var/runtime (sandbox/mountns.py), node itself under /usr.
 
 Checkpoint rule: aws-lambda-ric 3.x has no SnapStart support (it never calls
 GET /runtime/restore/next), so a Node sandbox is checkpointed while its runtime is
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from ..config import PROJECT_ROOT, FunctionConfig
 from ..errors import ConfigError
+from ..sandbox.mountns import sandbox_path
 
 __all__ = ["NodeLaunch", "node_launch", "NODE_PREFIX", "NODE_BOOTSTRAP"]
 
@@ -74,14 +76,16 @@ def node_launch(config: FunctionConfig, *, snap_start: bool, node: str | None = 
     env = {
         "AWS_EXECUTION_ENV": f"AWS_Lambda_nodejs{major}.x",
         "UV_USE_IO_URING": "0",
-        "NODE_PATH": ":".join(filter(None, [str(HOOKS_PATH),
+        "NODE_PATH": ":".join(filter(None, [sandbox_path(HOOKS_PATH),
                                             config.environment.get("NODE_PATH", "")])),
     }
     if snap_start:
-        opts = f"--require={PRELOAD} --openssl-config={OPENSSL_CNF}"
+        opts = (f"--require={sandbox_path(PRELOAD)} "
+                f"--openssl-config={sandbox_path(OPENSSL_CNF)}")
         own = config.environment.get("NODE_OPTIONS", "")
         env["NODE_OPTIONS"] = f"{opts} {own}".strip()
     reach = [RIC_BIN, HOOKS_PATH / "snapstart-hooks" / "index.js"]
     if snap_start:
         reach += [PRELOAD, OPENSSL_CNF, ENGINE]
-    return NodeLaunch(argv=[node_bin, str(RIC_BIN), config.handler], env=env, reach=reach)
+    return NodeLaunch(argv=[sandbox_path(node_bin), sandbox_path(RIC_BIN), config.handler],
+                      env=env, reach=reach)

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..sandbox.mountns import TASK_DIR
 
 __all__ = ["provided_argv"]
 
@@ -32,4 +33,4 @@ def provided_argv(code_dir: Path) -> list[str]:
         raise ConfigError(f"runtime provided needs an executable file named bootstrap in the "
                           f"function directory ({bootstrap} is missing or not executable)",
                           error_type="Runtime.InvalidEntrypoint")
-    return [str(bootstrap)]
+    return [TASK_DIR + "/bootstrap"]

@@ -1,38 +1,46 @@
-"""Per-clone mount namespaces: a private, size-capped ``/tmp`` for every sandbox.
+"""Per-sandbox mount namespaces and the filesystem a function sees.
 
-Lambda gives each execution environment its own writable ``/tmp`` (ephemeral
-storage, 512 MB by default, up to 10,240 MB). Here every sandbox -- cold, publish
-or restored -- lives in its own mount namespace whose ``/tmp`` is a fresh tmpfs
-(``nosuid,nodev``, ``size=<ephemeral storage>``, mode 1777). Nothing written there
-is visible to the host or to another clone, and it is gone when the clone's last
-process exits (the namespace and its tmpfs die with it): there is nothing to
-clean up by name. tmpfs pages are memory, charged to the writing clone's memory
-cgroup: a function writing to ``/tmp`` spends its memory size on it (as on Cloud
-Run); the size cap bounds it independently (ENOSPC).
+Every sandbox -- cold, publish or restored -- lives in its own mount namespace, and
+its processes run ``chroot``-ed into a root built there at one fixed path,
+``SANDBOX_ROOT`` (the same path in every namespace: CRIU records the paths a
+snapshot's files have under it, and every clone finds them at the same place)::
 
-How CRIU fits (measured: dumping a namespace copied from this host fails with
-"Can't lookup mount=24 for fd=0 path=/dev/null"): the mount namespace is *not*
-part of the snapshot. ``criu dump`` runs inside the sandbox's mount namespace, so
-CRIU sees no mount namespace to dump; ``criu swrk`` for a restore is started inside
-a *new* namespace prepared with its own empty tmpfs (``run_in_new``), and CRIU
-restores the tree into the namespace it runs in. What the function left in
-``/tmp`` during init travels separately, as a tar member of the snapshot
-(``TMP_ARCHIVE``: written at publish, unpacked into the clone's tmpfs before the
-restore), so init code that downloads a model to ``/tmp`` works after restore as
-it does on Lambda SnapStart.
+    /                tmpfs, read-only once built
+    /usr /etc        the host's, read-only bind mounts (/bin /lib ... as on the host:
+                     symlinks into /usr, or read-only bind mounts)
+    /var/runtime     the runtime, read-only: venv/ (snapstart's Python and
+                     awslambdaric), snapstart/ (the agent, bootstrap/native),
+                     bootstrap/ (the Python launcher), node/ (aws-lambda-ric)
+    /var/task        the function's code, read-only (LAMBDA_TASK_ROOT, the cwd)
+    /var/packages    what its requirements.txt installed, read-only
+    /opt             layers, read-only (empty: snapstart has no layers yet)
+    /tmp             a private tmpfs, nosuid,nodev, size = ephemeral storage
+    /proc            a procfs of the sandbox's own PID namespace, hidepid=invisible
+                     (mounted by its PID 1, snapinit, which then chroots)
+    /dev             null zero full random urandom (bind mounts), fd, std*, an empty
+                     read-only shm
+    /sys /run /var/tmp   empty and read-only
 
-The host's other world-writable directories (``/var/tmp``, ``/dev/shm``,
-``/run/lock``) are covered by empty read-only tmpfs mounts in the same namespace:
-like Lambda's read-only root, ``/tmp`` is the only place a function can write, and
-no directory is left through which two clones (or a clone and the host) could
-exchange files. Paths the sandbox needs that live under any of these (a checkout
-in /tmp, a test's SNAPSTART_HOME, the L1 snapshot cache in /dev/shm) are
-bind-mounted at the same place (``keep``), so the runtime, its code and CRIU's
-images stay reachable.
+So a function sees nothing of the host's processes, of snapstart's home (where its
+own code lives on the host) or of other functions, ``/tmp`` is the only place it can
+write, and no directory is left through which two clones (or a clone and the host)
+could exchange files. It is gone when the sandbox's last process exits (the
+namespace and its tmpfs die with it): nothing to clean up by name. tmpfs pages are
+memory, charged to the writing clone's memory cgroup.
+
+How CRIU fits: the mount namespace is not part of the snapshot (dumping one copied
+from this host fails). ``criu dump`` runs in the sandbox's namespace but outside its
+root, where ``/proc`` is still the host's (CRIU needs that); ``criu swrk`` for a
+restore is started inside a *new* namespace prepared with an empty root
+(``run_in_new``: a restore slot, before the snapshot is known), the function's code
+is bind-mounted into it (``attach_task``), and CRIU restores the tree into it,
+chroot and all. What the function left in ``/tmp`` during init travels separately,
+as a tar member of the snapshot (``TMP_ARCHIVE``: written at publish, unpacked into
+the clone's tmpfs before the restore).
 
 Namespaces are entered per thread (``unshare(CLONE_NEWNS)`` / ``setns`` only
 affect the calling thread once it has its own ``fs_struct``), and the forks that
-start the agent or ``criu swrk`` happen on that thread: the manager itself never
+start a sandbox or ``criu swrk`` happen on that thread: the manager itself never
 leaves the host's mount namespace. Reading and writing a clone's ``/tmp`` from
 the host goes through a thread ``chroot``-ed into it, so symlinks the function
 left there cannot point the (root) manager anywhere else.
@@ -42,26 +50,37 @@ from __future__ import annotations
 
 import ctypes
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, TypeVar
 
-from ..config import CRIU_RUNDIR, PROJECT_ROOT
+from ..config import PROJECT_ROOT
 from ..errors import SandboxError
 from .nsutil import CLONE_FS, CLONE_NEWNS, check, libc, on_thread
 
-__all__ = ["PrivateTmp", "run_in_new", "run_in_mntns_of", "resize_tmp", "save_tmp",
-           "restore_tmp", "TMP_ARCHIVE", "EPHEMERAL_DEFAULT_MB"]
+__all__ = ["SandboxFs", "run_in_new", "run_in_mntns_of", "attach_task", "resize_tmp",
+           "save_tmp", "restore_tmp", "sandbox_path", "runtime_mounts", "TMP_ARCHIVE",
+           "EPHEMERAL_DEFAULT_MB", "SANDBOX_ROOT", "TASK_DIR", "PACKAGES_DIR",
+           "RUNTIME_DIR", "OPT_DIR"]
 
 T = TypeVar("T")
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 0x1, 0x2, 0x4, 0x8, 0x20
 MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 1 << 18
-MASKED = ("/var/tmp", "/dev/shm", "/run/lock")   # read-only and empty in a sandbox
-_ROOTS = ("/tmp",) + MASKED
 EPHEMERAL_DEFAULT_MB = 512
 TMP_ARCHIVE = "snapstart-tmp.tar"   # /tmp at publish time, next to CRIU's images
+
+SANDBOX_ROOT = "/run/snapstart/root"
+TASK_DIR = "/var/task"
+PACKAGES_DIR = "/var/packages"
+RUNTIME_DIR = "/var/runtime"
+OPT_DIR = "/opt"
+_HOST_RO = ("/usr", "/etc")
+_USR_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+_DEVICES = ("null", "zero", "full", "random", "urandom")
+_EMPTY = ("sys", "run", "run/lock", "var/tmp", "root", "home", "mnt")
 
 libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                        ctypes.c_char_p]
@@ -74,71 +93,110 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int,
           f"mount {target}")
 
 
+def _bind_ro(source: str, target: str, *, exec_ok: bool = True) -> None:
+    _mount(source, target, None, MS_BIND | MS_REC)
+    flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
+    _mount(None, target, None, flags | (0 if exec_ok else MS_NOEXEC))
+
+
+def runtime_mounts() -> dict[str, str]:
+    """{host dir: sandbox dir} of the runtime tree under /var/runtime: snapstart's
+    Python environment (when it is a venv), the agent (bootstrap/) and the Node
+    runtime client (when installed)."""
+    out = {str(PROJECT_ROOT / "bootstrap"): f"{RUNTIME_DIR}/bootstrap",
+           str(PROJECT_ROOT / ".snapstart" / "runtime"): f"{RUNTIME_DIR}/snapstart"}
+    if sys.prefix != sys.base_prefix:
+        out[os.path.realpath(sys.prefix)] = f"{RUNTIME_DIR}/venv"
+    node = PROJECT_ROOT / ".snapstart" / "node"
+    if node.is_dir():
+        out[str(node)] = f"{RUNTIME_DIR}/node"
+    return out
+
+
+def sandbox_path(host_path: os.PathLike | str) -> str:
+    """Where a host file of the runtime tree (or the host's /usr) is inside a sandbox."""
+    path = os.path.abspath(host_path)
+    for host, inside in runtime_mounts().items():
+        if path == host or path.startswith(host + "/"):
+            return inside + path[len(host):]
+    if path.startswith(("/usr/", "/etc/")):
+        return path
+    raise SandboxError(f"{host_path} is not visible inside a sandbox")
+
+
 @dataclass(frozen=True)
-class PrivateTmp:
-    """What a new sandbox mount namespace gets: a ``size_mb`` tmpfs on /tmp, and the
-    host paths under /tmp that must stay visible (bind-mounted in place)."""
+class SandboxFs:
+    """What a new sandbox mount namespace gets: ``size_mb`` of /tmp, and (cold and
+    publish sandboxes) the function's code and packages at /var/task, /var/packages.
+    Restore slots are built without them; ``attach_task`` adds them at restore."""
 
     size_mb: int = EPHEMERAL_DEFAULT_MB
-    keep: tuple[str, ...] = ()
-
-    @classmethod
-    def for_paths(cls, size_mb: int, paths: Sequence[os.PathLike | str]) -> "PrivateTmp":
-        """Keep the ones of ``paths`` under /tmp or a masked dir (outermost only)."""
-        under: list[str] = []
-        for p in paths:
-            real = os.path.realpath(p)
-            if real in _ROOTS:
-                raise SandboxError(f"{p} is {real} itself; it cannot be shared with a "
-                                   f"sandbox, whose {real} is private")
-            if any(real.startswith(root + "/") for root in _ROOTS) and os.path.exists(real):
-                under.append(real)
-        keep: list[str] = []
-        for p in sorted(set(under)):
-            if not any(p.startswith(k + "/") for k in keep):
-                keep.append(p)
-        return cls(size_mb=size_mb, keep=tuple(keep))
-
-    @classmethod
-    def for_sandbox(cls, size_mb: int, *paths: os.PathLike | str) -> "PrivateTmp":
-        """``for_paths`` of ``paths`` plus what every sandbox needs to reach:
-        snapstart's code, its Python, CRIU's kdat cache directory."""
-        return cls.for_paths(size_mb, [PROJECT_ROOT, sys.prefix, CRIU_RUNDIR, *paths])
+    task: str | None = None
+    packages: str | None = None
 
     def _tmpfs_options(self) -> str:
         return f"size={self.size_mb}m,mode=1777"
 
 
-def run_in_new(tmp: PrivateTmp, fn: Callable[[], T]) -> T:
-    """Run ``fn`` on a thread inside a new mount namespace with a private /tmp.
+def _build_root(fs: SandboxFs) -> None:
+    """Build the sandbox root at SANDBOX_ROOT (this thread is in the new namespace)."""
+    root = SANDBOX_ROOT
+    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    for d in (*_HOST_RO, TASK_DIR, PACKAGES_DIR, OPT_DIR, "/tmp", "/proc", "/dev",
+              *(f"/{e}" for e in _EMPTY), *runtime_mounts().values()):
+        os.makedirs(root + d, mode=0o755, exist_ok=True)
+    for name in _USR_LINKS:
+        host = f"/{name}"
+        if os.path.islink(host):
+            os.symlink(os.readlink(host), f"{root}/{name}")
+        elif os.path.isdir(host):
+            os.mkdir(f"{root}/{name}", 0o755)
+            _bind_ro(host, f"{root}/{name}")
+    for d in _HOST_RO:
+        _bind_ro(d, root + d)
+    for host, inside in runtime_mounts().items():
+        _bind_ro(host, root + inside)
+    _mount("tmpfs", root + OPT_DIR, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=755")
+    _mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, fs._tmpfs_options())
+    dev = root + "/dev"
+    _mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=755")
+    for name in _DEVICES:
+        # a mount point made without opening it: a file open for writing (even in a
+        # child another thread forks meanwhile) would make the remount below EBUSY
+        os.mknod(f"{dev}/{name}", 0o644 | stat.S_IFREG)
+        _mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
+    os.mkdir(f"{dev}/shm", 0o755)
+    os.mkdir(f"{dev}/pts", 0o755)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{dev}/{name}")
+    _mount(None, dev, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
+    if fs.task:
+        _attach(fs.task, fs.packages)
+    _mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _attach(task: str, packages: str | None) -> None:
+    _bind_ro(task, SANDBOX_ROOT + TASK_DIR)
+    if packages:
+        _bind_ro(packages, SANDBOX_ROOT + PACKAGES_DIR)
+
+
+def run_in_new(fs: SandboxFs, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on a thread inside a new mount namespace holding a sandbox root.
 
     Processes ``fn`` starts (fork/exec on that thread) live in the namespace; it
     lasts as long as one of them does."""
+    os.makedirs(SANDBOX_ROOT, mode=0o755, exist_ok=True)   # the mount point, on the host
 
     def body() -> T:
-        keep_fds: list[tuple[str, int]] = []
         try:
             check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
             # Our mounts must not propagate back to the host (systemd makes / shared).
             _mount(None, "/", None, MS_REC | MS_PRIVATE)
-            for path in tmp.keep:
-                keep_fds.append((path, os.open(path, os.O_PATH | os.O_CLOEXEC)))
-            _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmp._tmpfs_options())
-            masked = [d for d in MASKED if os.path.isdir(d)]
-            for d in masked:
-                _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                       "size=64k,mode=755")
-            for path, fd in keep_fds:
-                os.makedirs(path, mode=0o755, exist_ok=True)
-                _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-            for d in masked:    # read-only now that the kept paths' mount points exist
-                _mount("tmpfs", d, "tmpfs",
-                       MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755")
+            _build_root(fs)
         except OSError as exc:
-            raise SandboxError(f"cannot create the sandbox's private /tmp: {exc}") from exc
-        finally:
-            for _, fd in keep_fds:
-                os.close(fd)
+            raise SandboxError(f"cannot build the sandbox's filesystem: {exc}") from exc
         return fn()
 
     return on_thread(body, "snapstart-mntns")
@@ -166,52 +224,51 @@ def run_in_mntns_of(pid: int, fn: Callable[[], T]) -> T:
     return on_thread(body, "snapstart-mntns")
 
 
-def resize_tmp(pid: int, tmp: PrivateTmp) -> None:
-    """Set the size cap of the /tmp tmpfs in ``pid``'s mount namespace."""
-    run_in_mntns_of(pid, lambda: _mount("tmpfs", "/tmp", "tmpfs",
+def attach_task(pid: int, task: os.PathLike | str, packages: os.PathLike | str | None) -> None:
+    """Bind the function's code (and packages) into ``pid``'s sandbox root."""
+    try:
+        run_in_mntns_of(pid, lambda: _attach(str(task), str(packages) if packages else None))
+    except OSError as exc:
+        raise SandboxError(f"cannot mount the function's code into the sandbox: {exc}") from exc
+
+
+def resize_tmp(pid: int, fs: SandboxFs) -> None:
+    """Set the size cap of the sandbox /tmp in ``pid``'s mount namespace."""
+    run_in_mntns_of(pid, lambda: _mount("tmpfs", SANDBOX_ROOT + "/tmp", "tmpfs",
                                         MS_REMOUNT | MS_NOSUID | MS_NODEV,
-                                        tmp._tmpfs_options()))
+                                        fs._tmpfs_options()))
 
 
-def _in_tmp_of(pid: int, fn: Callable[[], T]) -> T:
-    """Run ``fn`` on a thread chroot-ed into ``pid``'s /tmp (its cwd is that /)."""
+def _in_dir(path: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on a thread chroot-ed into ``path`` (its cwd is that /)."""
 
     def body() -> T:
         check(libc.unshare(CLONE_FS), "unshare(CLONE_FS)")   # chroot this thread only
-        os.chroot(f"/proc/{pid}/root/tmp")
+        os.chroot(path)
         os.chdir("/")
         return fn()
 
     return on_thread(body, "snapstart-tmp")
 
 
-def _scaffold(keep: Sequence[str]) -> set[str]:
-    """/tmp-relative dirs that exist only to hold the kept mount points."""
-    out: set[str] = set()
-    for path in keep:
-        if not path.startswith("/tmp/"):
-            continue
-        parts = Path(path).relative_to("/tmp").parts
-        out.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
-    return out
+def _tmp_of(pid: int, *, chrooted: bool) -> str:
+    """The sandbox /tmp as seen through ``pid``: a sandbox process (chroot-ed into
+    the root) or a process of its namespace outside it (criu swrk)."""
+    return f"/proc/{pid}/root/tmp" if chrooted else f"/proc/{pid}/root{SANDBOX_ROOT}/tmp"
 
 
-def save_tmp(pid: int, archive: Path, tmp: PrivateTmp) -> int:
-    """Archive what the function left in ``pid``'s /tmp into ``archive`` (plain tar:
-    the store compresses); returns the number of entries, 0 (and no file) if none.
-
-    Only the tmpfs is archived: kept host paths (mount points, another st_dev) and
-    the directories holding them are skipped, symlinks are stored, never followed.
-    """
-    import stat
+def save_tmp(pid: int, archive: Path) -> int:
+    """Archive what the function left in the /tmp of sandbox process ``pid`` into
+    ``archive`` (plain tar: the store compresses); returns the number of entries, 0
+    (and no file) if none. Symlinks are stored, never followed."""
     import tarfile   # imported before the chroot: nothing can be imported inside it
 
+    tmp = _tmp_of(pid, chrooted=True)
     try:
-        if not os.listdir(f"/proc/{pid}/root/tmp"):
+        if not os.listdir(tmp):
             return 0
     except OSError as exc:
         raise SandboxError(f"cannot read the sandbox's /tmp: {exc}") from exc
-    scaffold = _scaffold(tmp.keep)
 
     def write(f) -> int:
         root_dev = os.lstat("/").st_dev
@@ -222,10 +279,9 @@ def save_tmp(pid: int, archive: Path, tmp: PrivateTmp) -> int:
                 rel = stack.pop()
                 st = os.lstat(rel)
                 if st.st_dev != root_dev:
-                    continue                          # a kept host path
-                if rel not in scaffold:
-                    tar.add(rel, recursive=False)
-                    count += 1
+                    continue                          # not the tmpfs (cannot happen)
+                tar.add(rel, recursive=False)
+                count += 1
                 if stat.S_ISDIR(st.st_mode):
                     stack.extend(sorted((f"{rel}/{c}" for c in os.listdir(rel)), reverse=True))
         return count
@@ -233,7 +289,7 @@ def save_tmp(pid: int, archive: Path, tmp: PrivateTmp) -> int:
     try:
         with open(os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                           0o600), "wb") as f:
-            count = _in_tmp_of(pid, lambda: write(f))
+            count = _in_dir(tmp, lambda: write(f))
     except OSError as exc:
         archive.unlink(missing_ok=True)
         raise SandboxError(f"cannot archive the sandbox's /tmp: {exc}") from exc
@@ -243,14 +299,13 @@ def save_tmp(pid: int, archive: Path, tmp: PrivateTmp) -> int:
 
 
 def restore_tmp(pid: int, archive: Path) -> None:
-    """Unpack ``archive`` (from ``save_tmp``) into ``pid``'s /tmp, before the clone
-    runs. A member whose place resolves outside the clone's tmpfs (into a kept host
-    path, through a symlink or a mount point) is skipped."""
+    """Unpack ``archive`` (from ``save_tmp``) into the sandbox /tmp of the namespace
+    of ``pid`` (a restore slot's criu swrk), before the clone runs. A member whose
+    place resolves outside the tmpfs (through a symlink) is skipped."""
     import tarfile
 
-    # Inside the chroot nothing can escape the clone's /tmp but kept host paths,
-    # which the st_dev check excludes; "fully_trusted" keeps owners and modes as the
-    # function left them (Pythons with extraction filters).
+    # Inside the chroot nothing can escape the clone's /tmp; "fully_trusted" keeps
+    # owners and modes as the function left them (Pythons with extraction filters).
     extra = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
 
     def on_tmpfs(path: str, root_dev: int) -> bool:
@@ -270,6 +325,6 @@ def restore_tmp(pid: int, archive: Path) -> None:
 
     try:
         with open(archive, "rb") as f:
-            _in_tmp_of(pid, lambda: unpack(f))
+            _in_dir(_tmp_of(pid, chrooted=False), lambda: unpack(f))
     except (OSError, tarfile.TarError) as exc:
         raise SandboxError(f"cannot unpack /tmp into the clone: {exc}") from exc

@@ -1,21 +1,24 @@
-"""One sandbox: a process tree with the agent as PID 1, and the host's handle on it.
+"""One sandbox: its namespaces, its process tree, and the host's handle on it.
 
-A sandbox is created either *cold* (``Sandbox.spawn``: a new agent process that
-starts the runtime and runs init) or *restored* (``Sandbox.restore``: CRIU clones a
-published snapshot into a fresh network namespace). Either way the host talks to
-it only through the control channel (``bootstrap.protocol``), and its lifecycle is
-the explicit state machine in ``state.py``.
+A sandbox is created either *cold* (``Sandbox.spawn``: a new runtime that runs
+init) or *restored* (``Sandbox.restore``: CRIU clones a published snapshot into
+fresh namespaces prepared ahead, a ``RestoreSlot``). Either way the host talks to
+it only through the control channel (``bootstrap.protocol``), only from this
+module, and its lifecycle is the explicit state machine in ``state.py``.
 
-Process layout of a cold sandbox (why: ../shared/PLATFORM.md)::
+Process layout (bootstrap/protocol.py explains the two layouts)::
 
-    manager ── nsenter --net=<anon netns> ── exec unshare --pid --time --ipc --uts --fork
-                                                  └── agent (PID 1, setsid) ── runtime
+    PID 1  snapinit (bootstrap/init): mounts the sandbox's /proc, chroots into the
+           sandbox root (mountns.py), reaps orphans. Never in a snapshot.
+    PID 2  the snapshot's root: the Python runtime with the agent on a thread
+           (inproc), or the agent (agent layout) with the runtime as its child.
 
-started from a thread inside a new mount namespace whose /tmp is a private tmpfs
-(mountns.py), so the whole tree has it.
-
-A restored sandbox's agent is a direct child of the manager (CRIU ``rst_sibling``).
-Killing the agent (SIGKILL) ends the whole PID namespace.
+Every sandbox has its own PID, time, IPC, UTS, network and mount namespaces. A
+cold sandbox is started through ``nsenter``/``unshare`` from a thread inside its new
+mount namespace; a restored one gets its PID namespace from the slot (snapinit
+started ahead), CRIU restores PID 2 into it (an external PID namespace), and PID 2
+is then a direct child of the manager (CRIU ``rst_sibling``). Killing snapinit
+(SIGKILL) ends every process in the sandbox.
 
 This module must not know about versions, stores or pools: that is the manager's.
 """
@@ -35,7 +38,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from bootstrap import protocol
 
@@ -46,13 +49,16 @@ from ..errors import (AfterRestoreError, InitError, OutOfMemoryError, RuntimeExi
 from ..runtimes import RuntimeSpec
 from . import mountns
 from .cgroups import Cgroup
-from .mountns import PrivateTmp
+from .mountns import SandboxFs
+from .nsutil import check, libc, on_thread
+from .procs import children_of, lifeline_fd
 from .netns import Egress, NetNs, add_egress, new_netns
 from .state import Lifecycle, SandboxState
 
-__all__ = ["Sandbox", "RestoreSlot", "children_of", "InvokeRequest", "InvokeResult", "reseed_crng",
-           "LOG_TAIL_BYTES"]
+__all__ = ["Sandbox", "RestoreSlot", "InitProcess", "children_of", "InvokeRequest", "InvokeResult", "reseed_crng",
+           "LOG_TAIL_BYTES", "describe_status"]
 
+T = TypeVar("T")
 RNDRESEEDCRNG = 0x5207
 LOG_TAIL_BYTES = 256 * 1024      # per-invocation log kept in memory (Tail needs 4 KB)
 S = SandboxState
@@ -69,45 +75,142 @@ def reseed_crng() -> None:
         os.close(fd)
 
 
+SNAPINIT = PROJECT_ROOT / ".snapstart" / "snapinit"      # built by `make` (bootstrap/init)
+AGENT = f"{mountns.RUNTIME_DIR}/snapstart/snapagent"      # bootstrap/native, in the sandbox
+CLONE_NEWPID = 0x20000000
+
+
+@dataclass
+class InitProcess:
+    """A sandbox's PID 1 (snapinit) started by the manager for a restore slot: an
+    empty PID namespace with its /proc mounted in the slot's root."""
+
+    proc: subprocess.Popen
+    pidns_fd: int
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @classmethod
+    def start(cls, owner: str) -> "InitProcess":
+        """Start snapinit as PID 1 of a new PID namespace; call on a thread inside
+        the slot's mount namespace. The fork happens on a helper thread: the PID
+        namespace for children sticks to the thread that unshares it."""
+
+        def fork() -> subprocess.Popen:
+            check(libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+            return _start_snapinit([], owner=owner)
+
+        try:
+            proc = on_thread(fork, "snapstart-pidns")
+            fd = os.open(f"/proc/{proc.pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SandboxError(f"cannot start the sandbox's init: {exc}") from exc
+        return cls(proc=proc, pidns_fd=fd)
+
+    def kill(self) -> None:
+        if self.pidns_fd >= 0:
+            os.close(self.pidns_fd)
+            self.pidns_fd = -1
+        try:
+            self.proc.kill()
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+def _start_snapinit(program: list[str], *, owner: str) -> subprocess.Popen:
+    """Popen of snapinit (PID 1: the caller unshared the PID namespace), waiting
+    until it has mounted /proc and chroot-ed (it writes "R" on its ready fd)."""
+    if not SNAPINIT.exists():
+        raise SandboxError(f"{SNAPINIT} is missing: run `make`")
+    r, w = os.pipe()
+    life = lifeline_fd()
+    try:
+        argv = snapinit_argv(owner=owner, ready_fd=w) + program
+        proc = subprocess.Popen(argv, pass_fds=(w, life), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
+        os.close(w)
+        w = -1
+        if os.read(r, 1) != b"R":
+            proc.wait()
+            raise SandboxError(f"the sandbox's init failed (exit status {proc.returncode})")
+        return proc
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+def snapinit_argv(*, owner: str, ready_fd: int | None = None,
+                  keep_fds: tuple[int, ...] = ()) -> list[str]:
+    """snapinit's options (bootstrap/init/snapinit.c), up to and including ``--``."""
+    argv = [str(SNAPINIT), "--proc", mountns.SANDBOX_ROOT + "/proc",
+            "--chroot", mountns.SANDBOX_ROOT, "--lifeline-fd", str(lifeline_fd()),
+            "--owner", owner]
+    if ready_fd is not None:
+        argv += ["--ready-fd", str(ready_fd)]
+    for fd in keep_fds:
+        argv += ["--keep-fd", str(fd)]
+    return argv + ["--"]
+
+
 @dataclass
 class RestoreSlot:
     """Everything a restore needs before the snapshot is known: a fresh network
     namespace with its control socketpair, a cgroup (limits set at use), a mount
-    namespace with an empty private /tmp, and a ``criu swrk`` worker already started
-    inside both. Preparing one costs a few ms (fork/exec of criu, cgroup migration);
-    pools keep them ready."""
+    namespace with an empty sandbox root, a PID namespace whose init (snapinit)
+    has mounted the root's /proc, and a ``criu swrk`` worker already started inside
+    them. Preparing one costs a few ms; pools keep them ready."""
 
     netns: NetNs
     cgroup: Cgroup | None
     worker: Worker
     work_dir: Path
-    tmp: PrivateTmp
+    fs: SandboxFs
+    init: InitProcess
 
     @classmethod
-    def prepare(cls, criu: Criu, work_dir: Path, *, cgroups: bool = True,
-                tmp: PrivateTmp | None = None) -> "RestoreSlot":
-        """``tmp``: the private /tmp (default: 512 MB, keeping snapstart, its Python
-        and CRIU reachable); managers pass theirs (PrivateTmp.for_sandbox)."""
-        if tmp is None:
-            tmp = PrivateTmp.for_sandbox(mountns.EPHEMERAL_DEFAULT_MB,
-                                         os.path.dirname(os.path.realpath(criu.binary)))
+    def prepare(cls, criu: Criu, work_dir: Path, *, owner: str, cgroups: bool = True,
+                fs: SandboxFs | None = None) -> "RestoreSlot":
+        """``fs``: the sandbox filesystem (its /tmp size); code comes at restore.
+        ``owner``: the installation's tag (procs.owner_tag)."""
+        fs = fs or SandboxFs()
         netns = new_netns()
         cgroup = None
+        init: list[InitProcess] = []
+
+        def in_ns(fork: Callable[[], object]) -> object:
+            # on the new mount namespace's thread, under the worker's fork lock
+            init.append(InitProcess.start(owner))
+            os.set_inheritable(init[0].pidns_fd, True)
+            try:
+                return fork()
+            finally:
+                os.set_inheritable(init[0].pidns_fd, False)
+
         try:
             if cgroups:
                 cgroup = Cgroup.create(f"rs-{os.getpid()}-{netns.inode}", memory_mb=None)
             worker = criu.spawn_worker(work_dir, netns_fd=netns.fd,
                                        ctl_fd=netns.agent_sock.fileno(), cgroup=cgroup,
-                                       fork_in=lambda fn: mountns.run_in_new(tmp, fn))
+                                       fork_in=lambda fork: mountns.run_in_new(
+                                           fs, lambda: in_ns(fork)))
+            worker.pidns_fd = init[0].pidns_fd
         except BaseException:
             netns.close()
+            for i in init:
+                i.kill()
             if cgroup is not None:
                 cgroup.destroy()
             raise
-        return cls(netns=netns, cgroup=cgroup, worker=worker, work_dir=work_dir, tmp=tmp)
+        return cls(netns=netns, cgroup=cgroup, worker=worker, work_dir=work_dir, fs=fs,
+                   init=init[0])
 
     def discard(self) -> None:
         self.worker.close()
+        self.init.kill()
         self.netns.close()
         if self.cgroup is not None:
             self.cgroup.destroy()
@@ -146,18 +249,15 @@ def _kill_and_reap(pid: int) -> None:
         pass
 
 
-def _agent_env() -> dict[str, str]:
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-            "PYTHONPATH": str(PROJECT_ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+_SIGNAL_NAMES = {9: "killed", 11: "segmentation fault", 6: "aborted", 15: "terminated",
+                 7: "bus error", 4: "illegal instruction", 8: "floating point exception"}
 
 
-def children_of(pid: int) -> list[int]:
-    """Child pids of ``pid`` (from /proc; needs CONFIG_PROC_CHILDREN)."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
+def describe_status(status: int) -> str:
+    """An exit status as Lambda words it: ``exit status 3``, ``signal: killed``."""
+    if status < 0:
+        return f"signal: {_SIGNAL_NAMES.get(-status, f'signal {-status}')}"
+    return f"exit status {status}"
 
 
 def _error_fields(body: bytes, header_type: str, *, header_wins: bool = False) -> dict:
@@ -183,47 +283,63 @@ def _error_fields(body: bytes, header_type: str, *, header_wins: bool = False) -
 
 
 class Sandbox:
-    def __init__(self, *, pid: int, ctl: socket.socket, state: SandboxState,
+    """The host's handle on one sandbox, and the only code that talks to its agent.
+
+    ``pid`` is the snapshot's root (the runtime in the inproc layout, the agent in
+    the agent layout: PID 2 of the sandbox); ``init_pid`` is the sandbox's PID 1
+    (snapinit), whose death ends every process in it.
+    """
+
+    def __init__(self, *, pid: int, init_pid: int, ctl: socket.socket, state: SandboxState,
                  proc: subprocess.Popen | None, log_sink: Callable[[bytes], None] | None,
-                 name: str, cgroup: Cgroup | None = None) -> None:
+                 name: str, cgroup: Cgroup | None = None,
+                 init: InitProcess | None = None) -> None:
         self.pid = pid
+        self.init_pid = init_pid
         self.ctl = ctl
         self.lifecycle = Lifecycle(state)
-        self.proc = proc
+        self.proc = proc                # cold: the nsenter/unshare process (ends with it)
+        self.init = init                # restored: the slot's snapinit
         self.log_sink = log_sink
         self.name = name
         self.created = time.monotonic()
         self.last_used = self.created
         self.invocations = 0
-        self._reaped = False
         self._kill_lock = threading.Lock()
+        self.layout: str | None = None          # "inproc" | "agent", from the agent's hello
+        self.protocol_version: int | None = None
         self._netns_inode = 0
+        self._pidns_inode = 0
         self._ctl_inode = 0
         self._netns: NetNs | None = None
         self.cgroup = cgroup
-        self.tmp = PrivateTmp()
+        self.fs = SandboxFs()
         self.egress: Egress | None = None
 
     # ---- creation ----------------------------------------------------------------
     @classmethod
-    def spawn(cls, spec: RuntimeSpec, *, name: str = "sandbox", deterministic: bool = False,
+    def spawn(cls, spec: RuntimeSpec, *, owner: str, name: str = "sandbox",
+              deterministic: bool = False,
               hash_seed: int | None = None, memory_mb: int | None = None,
-              tmp: PrivateTmp | None = None, egress: bool = False,
+              fs: SandboxFs | None = None, egress: bool = False,
               log_sink: Callable[[bytes], None] | None = None) -> "Sandbox":
-        """Start a cold sandbox: new namespaces, the agent, then the runtime (init).
+        """Start a cold sandbox: new namespaces, snapinit, the runtime (init).
 
-        ``tmp``: the sandbox's private /tmp (a new mount namespace, see mountns.py;
-        default 512 MB keeping snapstart, its Python and the code reachable).
+        ``fs``: the sandbox's filesystem (mountns.py: code, packages, /tmp size).
         ``egress``: a veth to the host with link-local addresses (netns.py).
 
         ``deterministic`` (publish): address-space randomization off for the tree, so
         two publishes of one function lay out memory alike and their snapshots
         deduplicate. Every clone of a snapshot shares its layout anyway (as on
-        Lambda SnapStart); cold sandboxes keep ASLR. ``hash_seed`` fixes the agent's
-        PYTHONHASHSEED for the same reason.
+        Lambda SnapStart); cold sandboxes keep ASLR. ``hash_seed`` fixes the
+        interpreter's PYTHONHASHSEED for the same reason.
+
+        Layout::
+
+            manager ── nsenter --net=<anon netns> ── unshare --pid --time --ipc --uts --fork
+                └ snapinit (PID 1, /proc, chroot) └ PID 2: runtime+agent | agent ── runtime
         """
-        if tmp is None:
-            tmp = PrivateTmp.for_sandbox(mountns.EPHEMERAL_DEFAULT_MB, spec.cwd)
+        fs = fs or SandboxFs()
         netns = new_netns()
         nsenter, unshare = shutil.which("nsenter"), shutil.which("unshare")
         if not nsenter or not unshare:
@@ -239,27 +355,36 @@ class Sandbox:
                 "--ipc", "--uts", "--fork", "--"]
         if deterministic:
             argv += [shutil.which("setarch") or "setarch", os.uname().machine, "-R"]
-        argv += [sys.executable, "-m", "bootstrap.agent", "--ctl-fd", str(agent_fd)]
+        argv += snapinit_argv(owner=owner, keep_fds=(agent_fd,))
+        if spec.inproc:     # PID 2 is the runtime's interpreter, the agent a thread of it
+            argv += spec.launch_argv(agent_fd)
+            env = dict(spec.exec_env)
+        else:               # PID 2 is the agent; it starts the runtime on `start`
+            argv += [AGENT, "--ctl-fd", str(agent_fd)]
+            env = {"PATH": "/usr/bin:/bin"}
         try:
-            env = _agent_env()
             if hash_seed is not None:
                 env["PYTHONHASHSEED"] = str(hash_seed)
-            proc = mountns.run_in_new(tmp, lambda: subprocess.Popen(
-                argv, pass_fds=(netns.fd, agent_fd), env=env, stdin=subprocess.DEVNULL,
+            proc = mountns.run_in_new(fs, lambda: subprocess.Popen(
+                argv, pass_fds=(netns.fd, agent_fd, lifeline_fd()), env=env,
+                stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/"))
         except SandboxError:
             netns.close()
             raise
         except OSError as exc:
             netns.close()
-            raise SandboxError(f"cannot start the sandbox agent: {exc}") from exc
+            raise SandboxError(f"cannot start the sandbox: {exc}") from exc
+        init_pid = pid = 0
         deadline = time.monotonic() + 5
-        pid = 0
         while time.monotonic() < deadline:
             kids = children_of(proc.pid)
             if kids:
-                pid = kids[0]
-                break
+                init_pid = kids[0]
+                grandkids = children_of(init_pid)
+                if grandkids:
+                    pid = grandkids[0]
+                    break
             if proc.poll() is not None:
                 break
             time.sleep(0.0005)
@@ -267,17 +392,19 @@ class Sandbox:
             proc.kill()
             proc.wait()
             netns.close()
-            raise SandboxError("the sandbox agent did not start")
-        sandbox = cls(pid=pid, ctl=netns.host_sock, state=S.CREATED, proc=proc,
-                      log_sink=log_sink, name=name)
+            raise SandboxError("the sandbox did not start (snapinit or its program failed: "
+                               f"exit status {proc.returncode})")
+        sandbox = cls(pid=pid, init_pid=init_pid, ctl=netns.host_sock, state=S.CREATED,
+                      proc=proc, log_sink=log_sink, name=name)
         sandbox._netns_inode = netns.inode
+        sandbox._pidns_inode = os.stat(f"/proc/{pid}/ns/pid").st_ino
         sandbox._ctl_inode = os.fstat(agent_fd).st_ino
         sandbox._netns = netns
-        sandbox.tmp = tmp
+        sandbox.fs = fs
         sandbox.egress = link
-        netns.close_fd()            # the agent keeps the namespace alive
+        netns.close_fd()            # the sandbox keeps the namespace alive
         try:
-            if memory_mb is not None:   # before the runtime exists: it inherits the group
+            if memory_mb is not None:   # the agent layout's runtime inherits the group
                 sandbox.cgroup = Cgroup.create(f"sb-{os.getpid()}-{pid}", memory_mb=memory_mb)
                 sandbox.cgroup.add(pid)
             protocol.send(sandbox.ctl, spec.to_frame())
@@ -289,25 +416,30 @@ class Sandbox:
 
     @classmethod
     def restore(cls, criu: Criu, images_dir: Path, work_dir: Path, *, ctl_inode: int,
+                owner: str, task: os.PathLike | str, packages: os.PathLike | str | None = None,
                 name: str = "clone", memory_mb: int | None = None,
-                tmp: PrivateTmp | None = None, egress: bool = False,
+                fs: SandboxFs | None = None, egress: bool = False,
                 slot: "RestoreSlot | None" = None,
                 log_sink: Callable[[bytes], None] | None = None) -> "Sandbox":
-        """Clone a snapshot into fresh network and mount namespaces (state RESTORING).
+        """Clone a snapshot into fresh namespaces (state RESTORING).
 
-        ``slot``: a prepared namespace + cgroup + criu worker (``RestoreSlot``), so
-        the restore only sends the request; without one it is prepared here.
-        ``tmp``: the clone's /tmp size (the slot's tmpfs is resized if it differs).
-        ``egress``: add a veth to the host (netns.py) before the tree resumes.
+        ``slot``: prepared namespaces + cgroup + init + criu worker (``RestoreSlot``),
+        so the restore only mounts the code and sends the request; without one it is
+        prepared here. ``task``/``packages``: the function's code and packages on the
+        host (mounted at /var/task, /var/packages). ``fs``: the clone's /tmp size
+        (the slot's tmpfs is resized if it differs). ``egress``: add a veth to the
+        host (netns.py) before the tree resumes.
         """
         if slot is None:
-            slot = RestoreSlot.prepare(criu, work_dir, cgroups=memory_mb is not None, tmp=tmp)
-            tmp = slot.tmp
+            slot = RestoreSlot.prepare(criu, work_dir, owner=owner,
+                                       cgroups=memory_mb is not None, fs=fs)
+            fs = slot.fs
         try:
             if slot.cgroup is not None and memory_mb is not None:
                 slot.cgroup.limit(memory_mb)
-            if tmp is not None and tmp.size_mb != slot.tmp.size_mb:
-                mountns.resize_tmp(slot.worker.pid, tmp)
+            mountns.attach_task(slot.worker.pid, task, packages)
+            if fs is not None and fs.size_mb != slot.fs.size_mb:
+                mountns.resize_tmp(slot.worker.pid, fs)
             archive = images_dir / mountns.TMP_ARCHIVE
             if archive.exists():        # what init left in /tmp (publish saved it)
                 mountns.restore_tmp(slot.worker.pid, archive)
@@ -337,10 +469,11 @@ class Sandbox:
         netns = slot.netns
         netns.close_agent_end()
         netns.close_fd()
-        sandbox = cls(pid=pid, ctl=netns.host_sock, state=S.RESTORING, proc=None,
-                      log_sink=log_sink, name=name, cgroup=slot.cgroup)
+        sandbox = cls(pid=pid, init_pid=slot.init.pid, ctl=netns.host_sock,
+                      state=S.RESTORING, proc=None, log_sink=log_sink, name=name,
+                      cgroup=slot.cgroup, init=slot.init)
         sandbox._netns_inode = netns.inode
-        sandbox.tmp = slot.tmp if tmp is None else tmp
+        sandbox.fs = slot.fs if fs is None else fs
         sandbox.egress = link
         return sandbox
 
@@ -377,13 +510,63 @@ class Sandbox:
                 continue
         return round(total / 1024) if total else None
 
-    # ---- channel -----------------------------------------------------------------
+    # ---- channel (Sandbox is the only code that talks to the agent) -----------------
     def _recv(self, deadline: float | None) -> dict:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         if timeout is not None and timeout <= 0:
             raise socket.timeout()
         self.ctl.settimeout(timeout)
         return protocol.recv(self.ctl)
+
+    def _message(self, deadline: float | None, logs: bytearray | None) -> dict:
+        """The next frame that is not output (``log``) or the agent's ``hello``.
+
+        Raises socket.timeout at ``deadline`` and ProtocolError/OSError at EOF."""
+        while True:
+            msg = self._recv(deadline)
+            op = msg["op"]
+            if op == "log":
+                self._log(msg["data"], logs)
+            elif op == "hello":
+                self.layout = str(msg.get("layout"))
+                self.protocol_version = int(msg.get("v", 0))
+            else:
+                return msg
+
+    def exit_status(self, wait_s: float = 0.2) -> int | None:
+        """The sandbox's PID 1 exit status (negative: killed by that signal) once it
+        has ended, waiting up to ``wait_s``; None if it is still running or unknown.
+        For a channel that ended without an ``exit`` frame (os._exit, a fatal signal)."""
+        deadline = time.monotonic() + wait_s
+        if self.proc is not None:      # cold: `unshare` ends as snapinit did, which
+            try:                       # says 128 + N for signal N, as a shell does
+                code = self.proc.wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                return None
+            return -(code - 128) if 128 < code < 128 + 65 else code
+        while True:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return None
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.002)
+
+    def _died(self, request_id: str | None) -> SandboxError:
+        """The error for a runtime that ended without answering (kills the rest)."""
+        oom = self.cgroup is not None and self.cgroup.oom_kills() > 0
+        status = None if oom else self.exit_status()
+        self.kill()
+        prefix = f"RequestId: {request_id} Error: " if request_id else ""
+        if oom:
+            return OutOfMemoryError(f"{prefix}Runtime exited with error: signal: killed "
+                                    "(out of memory)")
+        if status is None:
+            return RuntimeExitError(f"{prefix}Runtime exited without providing a reason")
+        return RuntimeExitError(f"{prefix}Runtime exited with error: {describe_status(status)}")
 
     def _log(self, data: bytes, buf: bytearray | None) -> None:
         if buf is not None:
@@ -402,7 +585,7 @@ class Sandbox:
         init_error: dict | None = None
         while True:
             try:
-                msg = self._recv(deadline)
+                msg = self._message(deadline, logs)
             except socket.timeout:
                 self.kill()
                 raise InitError(f"Init timed out after {timeout_s:.2f} seconds",
@@ -415,9 +598,7 @@ class Sandbox:
                 raise InitError(f"Runtime exited during init: {exc}",
                                 error_type="Runtime.ExitError") from None
             op = msg["op"]
-            if op == "log":
-                self._log(msg["data"], logs)
-            elif op == "ready":
+            if op == "ready":
                 self.lifecycle.to(S.IDLE)
                 return "ready"
             elif op == "snapshot":
@@ -436,28 +617,88 @@ class Sandbox:
                                 error_type="Runtime.ExitError")
 
     def checkpoint(self, criu: Criu, images_dir: Path, work_dir: Path) -> DumpResult:
-        """Dump the whole tree (it is parked in GET /restore/next); the tree dies.
+        """Dump the tree rooted at PID 2 (parked in GET /restore/next or the first
+        GET /next); the sandbox dies.
 
-        CRIU runs inside the sandbox's mount namespace (mountns.py explains why);
-        what init left in /tmp is archived next to the images first.
+        CRIU runs inside the sandbox's mount namespace but outside its root
+        (mountns.py explains why), with the PID namespace external: snapinit is not
+        in the image, every clone gets its own. What init left in /tmp is archived
+        next to the images first.
         """
         self.lifecycle.to(S.SNAPSHOTTING)
         try:
             images_dir.mkdir(parents=True, exist_ok=True)
-            mountns.save_tmp(self.pid, images_dir / mountns.TMP_ARCHIVE, self.tmp)
+            mountns.save_tmp(self.pid, images_dir / mountns.TMP_ARCHIVE)
             result = criu.dump(self.pid, images_dir, work_dir, netns_inode=self._netns_inode,
-                               unix_inodes=[self._ctl_inode],
+                               pidns_inode=self._pidns_inode, unix_inodes=[self._ctl_inode],
                                fork_in=lambda fn: mountns.run_in_mntns_of(self.pid, fn))
         finally:
             self.kill()
         return result
 
-    # ---- invoke ------------------------------------------------------------------
+    # ---- resume and invoke -----------------------------------------------------------
+    def resume(self, timeout_s: float = 30.0) -> float:
+        """Resume a restored clone without an event (RESTORING -> IDLE): the runtime
+        leaves GET /restore/next, runs its after-restore hooks and asks for work.
+        Returns how long that took (ms). Raises AfterRestoreError, RuntimeExitError
+        (the sandbox is killed); the clone is then gone."""
+        self._check_resumable()
+        started = time.monotonic()
+        try:
+            self.ctl.sendall(protocol.encode({"op": "resume"}))
+        except OSError:
+            raise self._died(None) from None
+        deadline = started + timeout_s
+        while True:
+            msg = self._await(deadline, None, None, timeout_message=(
+                f"the after-restore phase did not finish within {timeout_s:.0f} seconds"))
+            if msg["op"] == "ready":
+                self.lifecycle.to(S.IDLE)
+                self.last_used = time.monotonic()
+                return (self.last_used - started) * 1000
+
+    def _check_resumable(self) -> None:
+        if self.state is not S.RESTORING:
+            raise SandboxError(f"resume needs a RESTORING sandbox, not {self.state.name}")
+
+    def _await(self, deadline: float, logs: bytearray | None, request_id: str | None, *,
+               timeout_message: str) -> dict:
+        """The next meaningful frame; a dead, silent or failing runtime becomes the
+        matching SandboxError (the sandbox is killed first)."""
+        try:
+            msg = self._message(deadline, logs)
+        except socket.timeout:
+            self.kill()
+            prefix = f"RequestId: {request_id} Error: " if request_id else ""
+            raise SandboxTimeoutError(prefix + timeout_message) from None
+        except (protocol.ProtocolError, OSError):
+            raise self._died(request_id) from None
+        op = msg["op"]
+        if op == "restore_error":
+            err = _error_fields(msg["body"], msg.get("type") or "Runtime.AfterRestoreError",
+                                header_wins=True)
+            self.kill()
+            raise AfterRestoreError(f"{err['errorMessage']}", error_type=err["errorType"])
+        if op in ("exit", "fatal"):
+            if self.cgroup is not None and self.cgroup.oom_kills() > 0:
+                raise self._died(request_id)
+            self.kill()
+            prefix = f"RequestId: {request_id} Error: " if request_id else ""
+            if op == "fatal":
+                raise RuntimeExitError(f"{prefix}{msg.get('message', 'the agent failed')}")
+            exc = RuntimeExitError(f"{prefix}Runtime exited with error: "
+                                   f"{describe_status(int(msg.get('status', 0)))}")
+            # The runtime died before this event reached it: safe to run elsewhere.
+            exc.retryable = request_id is not None and msg.get("inflight") != request_id
+            raise exc
+        return msg
+
     def invoke(self, req: InvokeRequest, *, resume: bool = False) -> InvokeResult:
-        """Run one invocation. ``resume`` is for the first invoke of a restored clone."""
+        """Run one invocation. ``resume``: the first invoke of a restored clone, sent
+        together with the resume (the after-restore phase is timed separately and is
+        not billed against the function's timeout)."""
         if resume:
-            if self.state is not S.RESTORING:
-                raise SandboxError(f"resume needs a RESTORING sandbox, not {self.state.name}")
+            self._check_resumable()
         else:
             self.lifecycle.to(S.BUSY)
         logs = bytearray()
@@ -471,37 +712,17 @@ class Sandbox:
             if resume:
                 self.ctl.sendall(protocol.encode({"op": "resume"}) + protocol.encode(frame))
             else:
-                protocol.send(self.ctl, frame)
-        except OSError as exc:
-            self.kill()
-            raise RuntimeExitError(f"RequestId: {req.request_id} Error: sandbox is gone ({exc})") \
-                from None
+                self.ctl.sendall(protocol.encode(frame))
+        except OSError:
+            raise self._died(req.request_id) from None
         invoke_start = started
-        # The restore phase (after-restore hooks) is not billed against the timeout.
         deadline = started + req.timeout_s + (30.0 if resume else 0.0)
+        timeout_message = f"Task timed out after {req.timeout_s:.2f} seconds"
         while True:
-            try:
-                msg = self._recv(deadline)
-            except socket.timeout:
-                self.kill()
-                raise SandboxTimeoutError(
-                    f"RequestId: {req.request_id} Error: Task timed out after "
-                    f"{req.timeout_s:.2f} seconds") from None
-            except (protocol.ProtocolError, OSError):
-                oom = self.cgroup is not None and self.cgroup.oom_kills() > 0
-                self.kill()
-                if oom:
-                    raise OutOfMemoryError(
-                        f"RequestId: {req.request_id} Error: Runtime exited with error: "
-                        "signal: killed (out of memory)") from None
-                raise RuntimeExitError(
-                    f"RequestId: {req.request_id} Error: Runtime exited without providing "
-                    "a reason") from None
+            msg = self._await(deadline, logs, req.request_id, timeout_message=timeout_message)
             op = msg["op"]
-            if op == "log":
-                self._log(msg["data"], logs)
-            elif op == "ready":
-                if resume:
+            if op == "ready":
+                if resume and self.state is S.RESTORING:
                     invoke_start = time.monotonic()
                     restore_ms = (invoke_start - started) * 1000
                     deadline = invoke_start + req.timeout_s
@@ -524,33 +745,15 @@ class Sandbox:
                                     function_error=ferr, duration_ms=duration, logs=bytes(logs),
                                     restore_duration_ms=restore_ms,
                                     max_memory_used_mb=self.max_memory_used_mb())
-            elif op == "restore_error":
-                err = _error_fields(msg["body"], msg.get("type") or "Runtime.AfterRestoreError",
-                                    header_wins=True)
-                self.kill()
-                raise AfterRestoreError(f"{err['errorMessage']}", error_type=err["errorType"])
-            elif op in ("exit", "fatal"):
-                oom = self.cgroup is not None and self.cgroup.oom_kills() > 0
-                self.kill()
-                status = msg.get("status", "?")
-                if oom:
-                    raise OutOfMemoryError(
-                        f"RequestId: {req.request_id} Error: Runtime exited with error: "
-                        f"signal: killed (out of memory)")
-                exc = RuntimeExitError(
-                    f"RequestId: {req.request_id} Error: Runtime exited with error: "
-                    f"exit status {status}")
-                # The runtime died before this event reached it: safe to run elsewhere.
-                exc.retryable = op == "exit" and msg.get("inflight") != req.request_id
-                raise exc
 
     def healthy(self) -> bool:
         """Before reusing an idle clone: drain what the agent said while idle.
 
         A runtime that exited after its last response (e.g. after a 413) reports
-        ``exit`` asynchronously; such a clone is killed here instead of being reused.
+        ``exit`` asynchronously, or its channel simply ends; such a clone is killed
+        here instead of being reused.
         """
-        if self._reaped or self.state is not S.IDLE:
+        if self.state is not S.IDLE:
             return False
         while True:
             try:
@@ -579,30 +782,34 @@ class Sandbox:
 
     # ---- teardown ----------------------------------------------------------------
     def kill(self) -> None:
-        """SIGKILL the tree (PID 1 dies, so does the namespace) and reap it. Idempotent."""
+        """SIGKILL the tree (PID 1 dies, so does the namespace) and reap it. Idempotent:
+        the lifecycle's DEAD state says it is done."""
         with self._kill_lock:
-            if self._reaped:
+            if self.state is S.DEAD:
                 return
-            self._reaped = True
-            if self.state is not S.DEAD:
-                self.lifecycle.try_to(S.DRAINING)
-                self.lifecycle.try_to(S.DEAD)
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            self.lifecycle.try_to(S.DRAINING)
+            self.lifecycle.to(S.DEAD)
+            for pid in (self.init_pid, self.pid):   # PID 1 first: its death ends the rest
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             if self.proc is not None:
-                # unshare reaps the agent and exits by itself. Killing unshare first
-                # would reparent the dying agent to us (we are a subreaper).
+                # unshare reaps snapinit and exits by itself. Killing unshare first
+                # would reparent the dying tree to us (we are a subreaper).
                 try:
                     self.proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait()
             try:
-                os.waitpid(self.pid, 0)       # restored clones, or a reparented agent
+                # restored clones (first: a dying PID 1 waits until every other task
+                # of its namespace is reaped, and this one is ours to reap)
+                os.waitpid(self.pid, 0)
             except ChildProcessError:
                 pass
+            if self.init is not None:
+                self.init.kill()
             try:
                 self.ctl.close()
             except OSError:
@@ -615,4 +822,4 @@ class Sandbox:
 
     @property
     def alive(self) -> bool:
-        return not self._reaped
+        return self.state is not S.DEAD

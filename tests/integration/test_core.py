@@ -31,8 +31,9 @@ def test_publish_then_restored_invoke_runs_init_once(manager, publish):
     assert a["init_at"] == b["init_at"]
     assert a["calls"] == b["calls"] == 1
     assert a["init_type"] == "snap-start" and a["function_version"] == "1"
-    # the runtime is PID 2 of its own PID namespace, child of the agent (PID 1)
-    assert (a["pid"], a["ppid"]) == (2, 1)
+    # the runtime is PID 2 of its own PID namespace, whose PID 1 (snapinit) is not in
+    # the snapshot: a restored runtime's parent is the manager, outside its namespace
+    assert (a["pid"], a["ppid"]) == (2, 0)
     assert a["pidns"] != os.stat("/proc/self/ns/pid").st_ino
     assert first.restore_duration_ms is not None and first.restore_duration_ms > 0
     assert b"init ran" not in first.logs  # init output belongs to publish, not to a restore
@@ -162,17 +163,11 @@ def test_versions_and_aliases(manager, publish):
 
 
 def test_runtime_is_confined(manager, publish, settings):
-    """no_new_privs, seccomp filter, no capabilities; and the unprivileged uid/gid
-    whenever that user can reach the interpreter (the Makefile's venv on
-    /usr/bin/python3, in a checkout under traversable directories). Otherwise the
-    platform falls back to root, still without capabilities, as doctor reports."""
-    import sys
-    from pathlib import Path
-
-    from snapstart.runtimes import SITECUSTOMIZE_DIR, unreachable
-    reachable = all(unreachable(p, settings.sandbox_uid, settings.sandbox_gid) is None
-                    for p in (Path(sys.executable), SITECUSTOMIZE_DIR))
-    expected = (settings.sandbox_uid, settings.sandbox_gid) if reachable else (0, 0)
+    """no_new_privs, seccomp filter, no capabilities, and an unprivileged uid/gid:
+    never root (the sandbox reaches its code through bind mounts, whatever the
+    modes of the host directories above it)."""
+    expected = (settings.sandbox_uid, settings.sandbox_gid)
+    assert 0 not in expected
     publish("hello")
     for result in (manager.invoke("hello", force_new=True),
                    manager.invoke("hello", no_snapshot=True, force_new=True)):

@@ -24,12 +24,13 @@ import pytest
 from snapstart.config import FunctionConfig
 from snapstart.errors import PublishError, SnapStartError
 from snapstart.manager import Manager
+from snapstart.sandbox.procs import find_inits, members, owner_tag
 from snapstart.sandbox.sandbox import LOG_TAIL_BYTES
 from snapstart.store import LocalStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from leaks import (LeakCheck, ServerProcess, descendants, reap_adopted,  # noqa: E402
-                   serve_env)
+from leaks import (LeakCheck, ServerProcess, descendants, function_logs,  # noqa: E402
+                   reap_adopted, sandbox_processes, serve_env, wait_sandbox_file)
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_criu]
 
@@ -64,18 +65,6 @@ def _stat(pid: int) -> list[str]:
     return [text[text.find("(") + 1:text.rfind(")")]] + text[text.rfind(")") + 2:].split()
 
 
-def _runtimes(settings) -> list[int]:
-    """Our descendants running in a version's code directory: the runtimes."""
-    out = []
-    for pid in descendants(os.getpid()):
-        try:
-            if os.readlink(f"/proc/{pid}/cwd").startswith(str(settings.home) + "/"):
-                out.append(pid)
-        except OSError:
-            pass
-    return out
-
-
 def _cli(settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "snapstart.cli", *args],
                           env=serve_env(settings), capture_output=True, text=True,
@@ -105,19 +94,21 @@ class _Call(threading.Thread):
 
 
 # ---- killed processes ------------------------------------------------------------------
-@pytest.mark.parametrize("victim", ["runtime", "agent"])
-def test_sigkill_mid_invoke_is_runtime_exit_error(manager, publish, settings, sandbox_writable,
-                                                  victim):
+@pytest.mark.parametrize("victim", ["runtime", "init"])
+def test_sigkill_mid_invoke_is_runtime_exit_error(manager, publish, settings, victim):
     leaks = LeakCheck(settings)
     publish("fault-actions", timeout_s=60)
-    marker = sandbox_writable / "started"
     call = _Call(manager, "fault-actions", json.dumps(
-        {"action": "block", "marker": str(marker), "seconds": 60}).encode())
-    _wait_for(marker.exists, 30, "the handler to start")
-    [runtime] = _runtimes(settings)
-    pid = runtime if victim == "runtime" else int(_stat(runtime)[2])     # its parent: PID 1
-    if victim == "agent":
-        assert "bootstrap.agent" in Path(f"/proc/{pid}/cmdline").read_text()
+        {"action": "block", "marker": "/tmp/started", "seconds": 60}).encode())
+    wait_sandbox_file(settings, "/tmp/started", 30)         # the handler runs
+    # PID 2: the runtime, its agent a thread (the publish sandbox may still be dying)
+    live = [p for p in sandbox_processes(settings) if _stat(p)[1:2] not in (["Z"], [])]
+    [runtime] = live
+    # PID 1: its snapinit (the manager's prepared restore slots have their own)
+    [init] = [i for i in find_inits(owner_tag(settings.home)) if runtime in members(i)]
+    pid = runtime if victim == "runtime" else init
+    if victim == "init":
+        assert Path(f"/proc/{pid}/comm").read_text().strip() == "snapinit"
     t0 = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     result = call.outcome()
@@ -205,8 +196,7 @@ def test_sigkill_criu_mid_restore_falls_back_cold(manager, publish, settings, ki
                  "cold fallback; note: " + result.notes[0].split("(", 1)[1][:90], recover)
 
 
-def test_server_kill9_with_warm_clones_then_restart(manager, publish, settings,
-                                                   sandbox_writable):
+def test_server_kill9_with_warm_clones_then_restart(manager, publish, settings):
     leaks = LeakCheck(settings, sockets=False)
     publish("marker", timeout_s=30)
     manager.close()
@@ -221,14 +211,13 @@ def test_server_kill9_with_warm_clones_then_restart(manager, publish, settings,
         t.start()
     for t in calls:
         t.join()
-    marker = sandbox_writable / "event.txt"
     resp = client.invoke(FunctionName="marker", InvocationType="Event",
-                         Payload=json.dumps({"sleep": 2, "marker": str(marker)}))
+                         Payload=json.dumps({"sleep": 2, "marker": True}))
     assert resp["StatusCode"] == 202
     event_id = resp["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
     old = descendants(first.pid)
     identity = {p: _stat(p)[20] for p in old if _stat(p)}       # pid -> start time
-    runtimes_before = [p for p in old if _cwd_under(p, settings.home)]
+    runtimes_before = [p for p in sandbox_processes(settings) if p in old]
     assert len(runtimes_before) >= 2, "expected two warm clones (and the event's)"
     t0 = time.monotonic()
     first.kill9()
@@ -236,34 +225,30 @@ def test_server_kill9_with_warm_clones_then_restart(manager, publish, settings,
     second = ServerProcess(settings, log_dir=log_dir)
     leaks.watch(second.pid)
     # no sandbox of the dead server survives the restart (orphans.py, agents' EOF)
-    _wait_for(lambda: not [p for p, start in identity.items()
-                           if _stat(p)[20:21] == [start] and _stat(p)[1] != "Z"],
-              10, "the dead server's sandboxes to go")
+    def survivors() -> list[str]:
+        # this process is a subreaper: it adopted the dead server's clones, whose
+        # PID 1 (snapinit) only finishes exiting once they are reaped
+        for p in identity:
+            try:
+                os.waitpid(p, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        return [f"{p} {_stat(p)[:3]}" for p, start in identity.items()
+                if _stat(p)[20:21] == [start] and _stat(p)[1] != "Z"]
+    _wait_for(lambda: not survivors(), 10, "the dead server's sandboxes to go")
     client = second.client()
-    _wait_for(lambda: marker.exists() and f"done {event_id}" in marker.read_text(), 90,
+    _wait_for(lambda: f"MARKER done {event_id}" in function_logs(settings, "marker"), 90,
               "the pending Event invoke to run after the restart")
     ok = client.invoke(FunctionName="marker", Payload=b"{}")
     recover = time.monotonic() - t0
     assert ok["StatusCode"] == 200 and "FunctionError" not in ok
     mine = descendants(second.pid)
-    strays = [p for p in _runtimes_anywhere(settings) if p not in mine]
+    strays = [p for p in sandbox_processes(settings) if p not in mine]
     assert not strays, f"sandboxes of the killed server still run: {strays}"
     second.stop()
     reap_adopted(old)             # this process is a subreaper: it adopted the dead server's
     leaks.finish("kill -9 of `snapstart serve` with warm clones",
                  f"restart: old clones gone, pending Event {event_id[:8]}.. ran", recover)
-
-
-def _cwd_under(pid: int, root: Path) -> bool:
-    try:
-        return os.readlink(f"/proc/{pid}/cwd").startswith(str(root) + "/")
-    except OSError:
-        return False
-
-
-def _runtimes_anywhere(settings) -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()
-            and _cwd_under(int(p), settings.home)]
 
 
 # ---- runaway handlers ------------------------------------------------------------------

@@ -36,4 +36,6 @@ def test_fork_bomb_is_contained_by_pids_limit(manager, publish):
 def test_max_memory_used_comes_from_the_cgroup(manager, publish):
     publish("hello", memory_mb=256)
     result = manager.invoke("hello")
-    assert result.max_memory_used_mb is not None and 5 < result.max_memory_used_mb <= 256
+    # the cgroup's peak: what the clone wrote since the restore (snapshot pages it only
+    # reads are mapped from the shared image and charged to no clone)
+    assert result.max_memory_used_mb is not None and 0 < result.max_memory_used_mb <= 256

@@ -25,7 +25,8 @@ def _payload(result) -> dict:
 def test_node_spec_checkpoints_at_first_next_with_preload_only_for_snap_start(tmp_path):
     config = FunctionConfig(name="n", environment={"NODE_OPTIONS": "--max-old-space-size=100"},
                             **NODE)
-    settings = Settings.from_env({"SNAPSTART_HOME": str(tmp_path), "SNAPSTART_SANDBOX_UID": "0"})
+    tmp_path.chmod(0o755)                        # the code dir, as publish shares it
+    settings = Settings.from_env({"SNAPSTART_HOME": str(tmp_path)})
     snap = runtime_spec(config, settings, code_dir=tmp_path, packages_dir=None, version="1",
                         snap_start=True)
     cold = runtime_spec(config, settings, code_dir=tmp_path, packages_dir=None, version="1",
@@ -50,7 +51,8 @@ def test_node_publish_restored_warm_and_cold(manager, publish):
     assert first.function_error is None and a["event"] == {"k": 1}
     assert a["init_type"] == "snap-start" and a["function_version"] == "1"
     assert a["execution_env"].startswith("AWS_Lambda_nodejs") and a["io_uring"] == "0"
-    assert (a["pid"], a["ppid"]) == (2, 1)
+    # snapinit is PID 1 (not in the snapshot), the agent PID 2, node its child
+    assert (a["pid"], a["ppid"]) == (3, 2)
     assert b["calls"] == 2 and b["netns"] == a["netns"] and b["init_at"] == a["init_at"]
     assert b"node-hello: handling" in first.logs and b"init ran" not in first.logs
     other = manager.invoke("node-hello", force_new=True)

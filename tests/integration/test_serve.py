@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from leaks import ServerProcess, serve_env  # noqa: E402
+from leaks import ServerProcess, function_logs, sandbox_processes, serve_env  # noqa: E402
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_criu]
 
@@ -33,17 +33,10 @@ def _cli(home, *args: str, check: bool = True, timeout: float = 180) -> subproce
 
 
 def _sandbox_pids(home) -> list[int]:
-    """Processes whose cwd is under this test's home (the runtimes of its clones)."""
-    root = str(home.home)
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.readlink(f"/proc/{entry}/cwd").startswith(root):
-                    out.append(int(entry))
-            except OSError:
-                pass
-    return out
+    """This test's sandboxes: their snapinit and every process in them."""
+    from snapstart.sandbox.procs import find_inits, owner_tag
+
+    return find_inits(owner_tag(home.home)) + sandbox_processes(home)
 
 
 @pytest.fixture
@@ -245,37 +238,36 @@ def test_provisioned_concurrency_first_invoke_is_warm(home, serve):
 
 
 # ---- async events -------------------------------------------------------------------
-def test_event_invoke_survives_kill9_and_runs_after_restart(home, serve, sandbox_writable):
+def test_event_invoke_survives_kill9_and_runs_after_restart(home, serve):
     publish(home, "marker", timeout=30)
-    marker = sandbox_writable / "marker.txt"
     server = serve()
     resp = server.client().invoke(FunctionName="marker", InvocationType="Event",
-                                  Payload=json.dumps({"sleep": 3, "marker": str(marker)}))
+                                  Payload=json.dumps({"sleep": 3, "marker": True}))
     assert resp["StatusCode"] == 202
     event_id = resp["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
     server.kill9()
-    assert not marker.exists()
+    assert f"MARKER done {event_id}" not in function_logs(home, "marker")
     pending = json.loads(_cli(home, "events", "ls", "--json").stdout)
     assert [e["id"] for e in pending] == [event_id]
 
     serve()
     deadline = time.monotonic() + 90
-    while not marker.exists() and time.monotonic() < deadline:
+    while (f"MARKER done {event_id}" not in function_logs(home, "marker")
+           and time.monotonic() < deadline):
         time.sleep(0.2)
-    assert marker.exists(), "the event did not run after the restart"
-    assert f"done {event_id}" in marker.read_text()
+    assert f"MARKER done {event_id}" in function_logs(home, "marker"), \
+        "the event did not run after the restart"
     deadline = time.monotonic() + 10
     while json.loads(_cli(home, "events", "ls", "--json").stdout) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert json.loads(_cli(home, "events", "ls", "--json").stdout) == []
 
 
-def test_event_retried_twice_then_failed(home, serve, sandbox_writable):
+def test_event_retried_twice_then_failed(home, serve):
     publish(home, "marker", timeout=30)
-    marker = sandbox_writable / "attempts.txt"
     server = serve("--event-backoff", "0.1")
     resp = server.client().invoke(FunctionName="marker", InvocationType="Event",
-                                  Payload=json.dumps({"fail": True, "marker": str(marker)}))
+                                  Payload=json.dumps({"fail": True}))
     assert resp["StatusCode"] == 202
     deadline = time.monotonic() + 60
     failed = []
@@ -286,7 +278,7 @@ def test_event_retried_twice_then_failed(home, serve, sandbox_writable):
         time.sleep(0.3)
     assert len(failed) == 1 and failed[0]["attempts"] == 3
     assert "asked to fail" in failed[0]["error"]
-    assert marker.read_text().count("attempt ") == 3
+    assert function_logs(home, "marker").count("MARKER attempt ") == 3
 
 
 # ---- observability & control plane ----------------------------------------------------

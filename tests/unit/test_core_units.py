@@ -146,25 +146,25 @@ def test_interrupted_publish_versions_are_swept(tmp_path):
     assert n2 == 1 and reg.versions("g") == []
 
 
-def test_private_tmp_keeps_only_outermost_paths_under_private_dirs(tmp_path):
-    from snapstart.sandbox.mountns import PrivateTmp, _scaffold
+def test_sandbox_paths_map_the_runtime_tree_and_hide_the_rest(tmp_path):
+    """What a sandbox sees of the host (mountns.py): /usr as it is, snapstart's
+    Python and agent under /var/runtime, nothing else."""
+    import sys
 
-    inner = tmp_path / "a" / "b"
-    inner.mkdir(parents=True)
-    shm = Path("/dev/shm") / f"snapstart-unit-{os.getpid()}"
-    shm.mkdir()
-    try:
-        tmp = PrivateTmp.for_paths(1024, [tmp_path, inner, "/usr", shm, "/tmp/does-not-exist"])
-        assert tmp.size_mb == 1024
-        # tmp_path is under /tmp (pytest's default); /usr needs no keeping
-        assert tmp.keep == tuple(sorted({os.path.realpath(tmp_path), str(shm)}))
-        assert tmp._tmpfs_options() == "size=1024m,mode=1777"
-    finally:
-        shm.rmdir()
-    assert _scaffold(["/tmp/x/y", "/dev/shm/z"]) == {"x", "x/y"}
-    for root in ("/tmp", "/dev/shm", "/var/tmp"):
-        with pytest.raises(SandboxError, match="cannot be shared"):
-            PrivateTmp.for_paths(512, [root])
+    from snapstart.config import PROJECT_ROOT
+    from snapstart.sandbox.mountns import SandboxFs, runtime_mounts, sandbox_path
+
+    assert sandbox_path("/usr/bin/python3") == "/usr/bin/python3"
+    assert sandbox_path(PROJECT_ROOT / "bootstrap" / "python" / "sitecustomize.py") == \
+        "/var/runtime/bootstrap/python/sitecustomize.py"
+    if sys.prefix != sys.base_prefix:
+        assert sandbox_path(sys.executable).startswith("/var/runtime/venv/bin/")
+    assert set(runtime_mounts().values()) >= {"/var/runtime/bootstrap",
+                                              "/var/runtime/snapstart"}
+    for hidden in (tmp_path, "/root", "/var/lib/snapstart", "/dev/shm"):
+        with pytest.raises(SandboxError, match="not visible inside a sandbox"):
+            sandbox_path(hidden)
+    assert SandboxFs(size_mb=1024)._tmpfs_options() == "size=1024m,mode=1777"
 
 
 def test_ephemeral_storage_and_egress_config():
