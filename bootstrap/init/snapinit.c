@@ -1,13 +1,14 @@
 /*
  * snapinit: PID 1 of every snapstart sandbox. It is never part of a snapshot.
  *
- *   snapinit [--proc DIR] [--chroot DIR] [--ready-fd N] [--lifeline-fd N]
+ *   snapinit [--proc DIR] [--chroot DIR] [--hostname N] [--ready-fd N] [--lifeline-fd N]
  *            [--keep-fd N]... [--owner TAG] [--] [PROGRAM ARG...]
  *
  * --proc DIR    mount a procfs of this PID namespace on DIR (nosuid, nodev, noexec,
  *               hidepid=invisible, else hidepid=2), so the sandbox sees only its own
  *               processes. The caller gives us a private mount namespace.
  * --chroot DIR  then chroot to DIR (the sandbox's root, snapstart/sandbox/mountns.py).
+ * --hostname N  set the hostname of its (new) UTS namespace.
  * --ready-fd N  write "R" on fd N once the above is done, then close it.
  * --lifeline-fd N   the read end of a pipe only the manager writes to: when it
  *               reads EOF (the manager died, even by SIGKILL), snapinit exits and
@@ -81,7 +82,7 @@ static void close_others(int *keep, int n)
 
 int main(int argc, char **argv)
 {
-	const char *proc = NULL, *root = NULL;
+	const char *proc = NULL, *root = NULL, *hostname = NULL;
 	int keep[MAX_KEEP + 2], nkeep = 0, ready = -1, lifeline = -1, sfd, i = 1;
 	sigset_t all;
 	pid_t main_pid = 0;
@@ -95,6 +96,8 @@ int main(int argc, char **argv)
 			proc = argv[++i];
 		else if (strcmp(argv[i], "--chroot") == 0 && i + 1 < argc)
 			root = argv[++i];
+		else if (strcmp(argv[i], "--hostname") == 0 && i + 1 < argc)
+			hostname = argv[++i];
 		else if (strcmp(argv[i], "--ready-fd") == 0 && i + 1 < argc)
 			ready = atoi(argv[++i]);
 		else if (strcmp(argv[i], "--lifeline-fd") == 0 && i + 1 < argc)
@@ -111,6 +114,10 @@ int main(int argc, char **argv)
 	}
 	if (proc && mount_proc(proc))
 		return 125;
+	if (hostname && sethostname(hostname, strlen(hostname))) {
+		perror("snapinit: sethostname");
+		return 125;
+	}
 	if (root && (chroot(root) || chdir("/"))) {
 		fprintf(stderr, "snapinit: chroot %s: %s\n", root, strerror(errno));
 		return 125;

@@ -211,6 +211,9 @@ class Criu:
         finally:
             os.close(img_fd)
             os.close(work_fd)
+        # The sandbox's cgroups are the manager's (manage_cgroups ignore): without this
+        # image a restore does not fork CRIU's cgroup daemon (~0.3 ms) for nothing.
+        (images_dir / "cgroup.img").unlink(missing_ok=True)
         size = sum(p.stat().st_size for p in images_dir.iterdir() if p.is_file())
         return DumpResult(image_bytes=size)
 

@@ -47,6 +47,7 @@ from ..errors import (AfterRestoreError, ConfigError, InitError,
                       SnapshotIncompatibleError, SnapStartError, StoreError, ThrottledError)
 from ..registry import LATEST, Registry, VersionInfo
 from ..runtimes import runtime_spec
+from ..sandbox.cgroups import favor_dynmods
 from ..sandbox.cgroups import sweep_stale as sweep_stale_cgroups
 from ..sandbox.mountns import SandboxFs
 from ..sandbox.procs import owner_tag
@@ -129,6 +130,8 @@ class Manager:
         self._slot_thread: threading.Thread | None = None
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         sweep_stale_cgroups()   # groups of managers that died without cleaning up
+        # cheap cgroup migrations for this boot (cgroups.py); the marker lives on tmpfs
+        favor_dynmods(Path(CRIU_RUNDIR) / "favordynmods")
         if not self.settings.home.exists():
             # root only: sandboxes see their code through bind mounts (mountns.py)
             self.settings.home.mkdir(parents=True, mode=0o700)

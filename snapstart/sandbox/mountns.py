@@ -58,7 +58,8 @@ from typing import Callable, TypeVar
 
 from ..config import PROJECT_ROOT
 from ..errors import SandboxError
-from .nsutil import CLONE_FS, CLONE_NEWNS, check, libc, on_thread
+from .nsutil import (CLONE_FS, CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWUTS, check, libc,
+                     on_thread)
 
 __all__ = ["SandboxFs", "run_in_new", "run_in_mntns_of", "attach_task", "resize_tmp",
            "save_tmp", "restore_tmp", "sandbox_path", "runtime_mounts", "TMP_ARCHIVE",
@@ -182,16 +183,19 @@ def _attach(task: str, packages: str | None) -> None:
         _bind_ro(packages, SANDBOX_ROOT + PACKAGES_DIR)
 
 
-def run_in_new(fs: SandboxFs, fn: Callable[[], T]) -> T:
-    """Run ``fn`` on a thread inside a new mount namespace holding a sandbox root.
+def run_in_new(fs: SandboxFs, fn: Callable[[], T], *, ipc_uts: bool = False) -> T:
+    """Run ``fn`` on a thread inside a new mount namespace holding a sandbox root
+    (and, with ``ipc_uts``, new IPC and UTS namespaces: a restore slot's, which CRIU
+    then need not create).
 
-    Processes ``fn`` starts (fork/exec on that thread) live in the namespace; it
-    lasts as long as one of them does."""
+    Processes ``fn`` starts (fork/exec on that thread) live in the namespaces; they
+    last as long as one of them does."""
     os.makedirs(SANDBOX_ROOT, mode=0o755, exist_ok=True)   # the mount point, on the host
+    flags = CLONE_NEWNS | (CLONE_NEWIPC | CLONE_NEWUTS if ipc_uts else 0)
 
     def body() -> T:
         try:
-            check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+            check(libc.unshare(flags), "unshare(CLONE_NEWNS)")
             # Our mounts must not propagate back to the host (systemd makes / shared).
             _mount(None, "/", None, MS_REC | MS_PRIVATE)
             _build_root(fs)
@@ -202,21 +206,45 @@ def run_in_new(fs: SandboxFs, fn: Callable[[], T]) -> T:
     return on_thread(body, "snapstart-mntns")
 
 
-def _enter_mntns_of(pid: int) -> None:
-    check(libc.unshare(CLONE_FS), "unshare(CLONE_FS)")   # setns needs an unshared fs
-    fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+def _enter(pid: int, kind: str, flag: int) -> None:
+    fd = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        check(libc.setns(fd, CLONE_NEWNS), "setns(mnt)")
+        check(libc.setns(fd, flag), f"setns({kind})")
     finally:
         os.close(fd)
 
 
-def run_in_mntns_of(pid: int, fn: Callable[[], T]) -> T:
-    """Run ``fn`` on a thread that has joined the mount namespace of ``pid``."""
+def _enter_mntns_of(pid: int) -> None:
+    check(libc.unshare(CLONE_FS), "unshare(CLONE_FS)")   # setns needs an unshared fs
+    _enter(pid, "mnt", CLONE_NEWNS)
+
+
+def _sysv_ipc_empty() -> bool:
+    """No SysV shared memory, semaphore or message queue in this thread's IPC
+    namespace (/proc/sysvipc shows the reader's)."""
+    for kind in ("shm", "sem", "msg"):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                if len(f.read().splitlines()) > 1:
+                    return False
+        except OSError:
+            return False
+    return True
+
+
+def run_in_mntns_of(pid: int, fn: Callable[[], T], *, ipc_uts: bool = False) -> T:
+    """Run ``fn`` on a thread that has joined the mount namespace of ``pid`` (with
+    ``ipc_uts``, its UTS namespace and, when it holds no SysV objects, its IPC
+    namespace too: a dump then leaves them out, restore slots provide fresh ones)."""
 
     def body() -> T:
         try:
             _enter_mntns_of(pid)
+            if ipc_uts:
+                _enter(pid, "uts", CLONE_NEWUTS)
+                _enter(pid, "ipc", CLONE_NEWIPC)
+                if not _sysv_ipc_empty():   # let CRIU dump them: back to ours
+                    _enter(os.getpid(), "ipc", CLONE_NEWIPC)
         except OSError as exc:
             raise SandboxError(f"cannot enter the mount namespace of pid {pid}: {exc}") from exc
         return fn()

@@ -12,13 +12,16 @@ import os
 import threading
 from typing import Callable, TypeVar
 
-__all__ = ["libc", "check", "on_thread", "CLONE_FS", "CLONE_NEWNS", "CLONE_NEWNET"]
+__all__ = ["libc", "check", "on_thread", "CLONE_FS", "CLONE_NEWNS", "CLONE_NEWNET",
+           "CLONE_NEWIPC", "CLONE_NEWUTS"]
 
 T = TypeVar("T")
 
 CLONE_FS = 0x00000200
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUTS = 0x04000000
 
 libc = ctypes.CDLL(None, use_errno=True)
 

@@ -78,6 +78,7 @@ def reseed_crng() -> None:
 SNAPINIT = PROJECT_ROOT / ".snapstart" / "snapinit"      # built by `make` (bootstrap/init)
 AGENT = f"{mountns.RUNTIME_DIR}/snapstart/snapagent"      # bootstrap/native, in the sandbox
 CLONE_NEWPID = 0x20000000
+HOSTNAME = "localhost"       # every sandbox's (its own UTS namespace): nothing of the host
 
 
 @dataclass
@@ -147,8 +148,8 @@ def snapinit_argv(*, owner: str, ready_fd: int | None = None,
                   keep_fds: tuple[int, ...] = ()) -> list[str]:
     """snapinit's options (bootstrap/init/snapinit.c), up to and including ``--``."""
     argv = [str(SNAPINIT), "--proc", mountns.SANDBOX_ROOT + "/proc",
-            "--chroot", mountns.SANDBOX_ROOT, "--lifeline-fd", str(lifeline_fd()),
-            "--owner", owner]
+            "--chroot", mountns.SANDBOX_ROOT, "--hostname", HOSTNAME,
+            "--lifeline-fd", str(lifeline_fd()), "--owner", owner]
     if ready_fd is not None:
         argv += ["--ready-fd", str(ready_fd)]
     for fd in keep_fds:
@@ -196,7 +197,7 @@ class RestoreSlot:
             worker = criu.spawn_worker(work_dir, netns_fd=netns.fd,
                                        ctl_fd=netns.agent_sock.fileno(), cgroup=cgroup,
                                        fork_in=lambda fork: mountns.run_in_new(
-                                           fs, lambda: in_ns(fork)))
+                                           fs, lambda: in_ns(fork), ipc_uts=True))
             worker.pidns_fd = init[0].pidns_fd
         except BaseException:
             netns.close()
@@ -631,7 +632,8 @@ class Sandbox:
             mountns.save_tmp(self.pid, images_dir / mountns.TMP_ARCHIVE)
             result = criu.dump(self.pid, images_dir, work_dir, netns_inode=self._netns_inode,
                                pidns_inode=self._pidns_inode, unix_inodes=[self._ctl_inode],
-                               fork_in=lambda fn: mountns.run_in_mntns_of(self.pid, fn))
+                               fork_in=lambda fn: mountns.run_in_mntns_of(self.pid, fn,
+                                                                          ipc_uts=True))
         finally:
             self.kill()
         return result
