@@ -49,7 +49,6 @@ def main() -> None:
     shm = f"/dev/shm/snapstart-tl-{os.getpid()}"
     os.environ.update(SNAPSTART_HOME=base + "/home", SNAPSTART_SHM=shm)
     import snapstart.checkpoint.criu as cr
-    import snapstart.manager.manager as mm
     import snapstart.sandbox.mountns as mns
     import snapstart.sandbox.sandbox as sbm
     from snapstart.config import FunctionConfig
@@ -83,7 +82,7 @@ def main() -> None:
         wrap(mns, "run_in_new", "  mount ns + root + init + swrk")
         wrap(sbm.InitProcess, "start", "    snapinit (pid ns, /proc)")
         wrap(sbm, "add_egress", "egress veth")
-        wrap(mm.Manager, "_take_slot", "take slot")
+        wrap(type(m.slots), "take", "take slot")
         wrap(mns, "attach_task", "mount /var/task")
         wrap(sbm, "reseed_crng", "CRNG reseed")
         wrap(cr.Criu, "restore_with", "CRIU restore RPC")
@@ -119,11 +118,7 @@ def main() -> None:
             t = time.perf_counter()
             m.invoke("tl", b'{"action": "none"}', force_new=True)
             total.append((time.perf_counter() - t) * 1000)
-            with m._lock:
-                idle = [s for v in m._idle.values() for s in v]
-                m._idle.clear()
-            for s in idle:
-                m._untrack(s)
+            m.clones.discard_idle()
             time.sleep(args.gap)   # an idle gap, as between requests (lets slots refill)
         mode = "copied" if args.copy_pages else "mapped"
         print(f"restored start, slots={args.slots}, pages {mode}: total p50 "
@@ -140,7 +135,7 @@ def main() -> None:
                 values = [c[key] for c in crius if key in c]
                 print(f"  {key:32} p50 {statistics.median(values):6.2f} ms  (n={len(values)})")
         alone = collections.defaultdict(list)
-        fs = m._fs
+        fs = mns.SandboxFs()
         for _ in range(args.n):
             t = time.perf_counter()
             ns = sbm.new_netns()

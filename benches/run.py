@@ -251,10 +251,7 @@ def clone_memory_kib(sandbox: Any) -> tuple[int, int]:
 
 
 def idle_sandboxes(mgr: Any, name: str, version: str) -> list[Any]:
-    # read-only look at the manager's idle pool: the only place the Sandbox handles
-    # (agent pid, runtime pids) of idle clones are available
-    with mgr._lock:
-        return list(mgr._idle.get((name, version), []))
+    return mgr.idle_sandboxes(name, version)
 
 
 # ---- peers -----------------------------------------------------------------------

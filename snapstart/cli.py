@@ -107,7 +107,7 @@ def _result_dict(result) -> dict:
     if result.restore_duration_ms is not None:
         out["restore_duration_ms"] = round(result.restore_duration_ms, 3)
     if result.notes:
-        out["notes"] = result.notes
+        out["notes"] = list(result.notes)
     return out
 
 
@@ -143,20 +143,30 @@ def invoke(ref: str, payload: str | None, payload_file, log_type: str, no_snapsh
 
     body = payload_file.read() if payload_file else (payload or "{}").encode()
     name, qualifier = parse_ref(ref)
+    invoke_ms: dict[str, float] = {}      # request sent -> response, in this process
     if endpoint:
         from .invoke_api.client import invoke_remote
         results = [invoke_remote(endpoint, name, qualifier, body, tail=log_type == "Tail")]
         version, memory = results[0].executed_version, 0
     else:
+        import time
+
         from .manager import Manager
-        with Manager(_settings(), keep_warm=repeat > 1) as manager:
+        # One prepared restore slot, started now: its namespaces, cgroup and criu
+        # worker are made while the function is resolved and its snapshot checked.
+        one_slot = 0 if (no_snapshot or clones) else 1
+        with Manager(_settings(), keep_warm=repeat > 1, restore_slots=one_slot) as manager:
             info = manager.registry.resolve(name, qualifier)
             version, memory = info.version, info.config.memory_mb
             if clones:
                 results = manager.invoke_clones(name, clones, body, qualifier=qualifier)
             else:
-                results = [manager.invoke(name, body, qualifier=qualifier,
-                                          no_snapshot=no_snapshot) for _ in range(repeat)]
+                results = []
+                for _ in range(repeat):
+                    t0 = time.perf_counter()
+                    result = manager.invoke_version(info, body, no_snapshot=no_snapshot)
+                    invoke_ms[result.request_id] = (time.perf_counter() - t0) * 1000
+                    results.append(result)
     rows = []
     failures = 0
     for result in results:
@@ -168,6 +178,8 @@ def invoke(ref: str, payload: str | None, payload_file, log_type: str, no_snapsh
         if memory:
             _report(result, version, memory)
         row = _result_dict(result)
+        if result.request_id in invoke_ms:
+            row["invoke_ms"] = round(invoke_ms[result.request_id], 3)
         if log_type == "Tail":
             row["logs"] = result.logs[-4096:].decode("utf-8", "replace")
             if not as_json:

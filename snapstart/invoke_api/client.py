@@ -1,7 +1,7 @@
 """``invoke_remote``: the CLI's Invoke API client (stdlib http.client, no boto3).
 
-Returns a ``RemoteResult`` with the attributes of ``InvokeResult`` plus
-``executed_version``; API errors come back as the matching ``SnapStartError``
+Returns an ``InvokeResult`` read from the response (its headers carry what the
+server's result held); API errors come back as the matching ``SnapStartError``
 (typed from ``x-amzn-ErrorType``).
 """
 
@@ -11,20 +11,12 @@ import base64
 import http.client
 import json
 import urllib.parse
-from dataclasses import dataclass
 
 from ..errors import (FunctionNotFoundError, InvalidNameError, PayloadError, SnapStartError,
                       ThrottledError)
-from ..sandbox.sandbox import InvokeResult
+from ..results import InvokeResult, StartType
 
-__all__ = ["invoke_remote", "RemoteResult"]
-
-
-@dataclass
-class RemoteResult(InvokeResult):
-    """An ``InvokeResult`` read from the Invoke API's response headers."""
-
-    executed_version: str = ""
+__all__ = ["invoke_remote"]
 
 
 def _float(value: str | None) -> float | None:
@@ -56,7 +48,7 @@ def _api_error(status: int, error_type: str, body: bytes, retry_after: str | Non
 
 def invoke_remote(endpoint: str, name: str, qualifier: str | None, body: bytes, *,
                   tail: bool = False, invocation_type: str = "RequestResponse",
-                  timeout_s: float = 960.0) -> RemoteResult:
+                  timeout_s: float = 960.0) -> InvokeResult:
     url = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
     if url.scheme not in ("http", "https") or not url.hostname:
         raise SnapStartError(f"invalid endpoint {endpoint!r}", error_type="InvalidEndpoint")
@@ -87,12 +79,16 @@ def invoke_remote(endpoint: str, name: str, qualifier: str | None, body: bytes, 
         except ValueError:
             logs = b""
     mem = _float(resp.getheader("X-Snapstart-Max-Memory-Used-Mb"))
-    return RemoteResult(
+    try:
+        start_type = StartType(resp.getheader("X-Snapstart-Start-Type", "warm"))
+    except ValueError:
+        start_type = StartType.WARM
+    return InvokeResult(
         request_id=resp.getheader("x-amzn-RequestId", ""), payload=data,
         function_error=resp.getheader("X-Amz-Function-Error"),
         duration_ms=_float(resp.getheader("X-Snapstart-Duration-Ms")) or 0.0,
         executed_version=resp.getheader("X-Amz-Executed-Version", ""), logs=logs,
-        start_type=resp.getheader("X-Snapstart-Start-Type", "warm"),
+        start_type=start_type,
         init_duration_ms=_float(resp.getheader("X-Snapstart-Init-Duration-Ms")),
         restore_duration_ms=_float(resp.getheader("X-Snapstart-Restore-Duration-Ms")),
         max_memory_used_mb=int(mem) if mem is not None else None)

@@ -119,8 +119,8 @@ class InvokeService:
                     trace_id: str, client_context: str | None) -> tuple:
         info = self.manager.registry.resolve(name, qualifier)
         try:
-            result = self.manager.invoke(name, body, qualifier=info.version, trace_id=trace_id,
-                                         client_context=client_context)
+            result = self.manager.invoke_version(info, body, trace_id=trace_id,
+                                                 client_context=client_context)
         except ThrottledError as exc:
             self.metrics.throttles.labels(name, exc.reason).inc()
             raise

@@ -1,19 +1,24 @@
-"""The restore manager: publishes versions and serves invocations on clones.
+"""The manager: serves invocations on clones of published versions.
 
 Data flow (one way): caller -> ``Manager`` -> ``Sandbox`` -> agent -> runtime.
 
-Dispatch for ``invoke(name[:qualifier])``:
+Dispatch for ``invoke(name[:qualifier])`` (``_dispatch``, top to bottom):
 
-1. an idle *warm* clone of that version, if any;
-2. else a *restored* clone: materialize the version's snapshot (verified) to L1
-   tmpfs, reseed the kernel CRNG, CRIU-restore into a fresh network namespace,
-   resume (after-restore hooks) and deliver the event;
+1. an idle *warm* clone of that version (``clones.py``), if any;
+2. else, with a snapshot:
+   a. a clone *restored ahead* of demand (``ahead.py``, start type restored-pool):
+      resume it with the event;
+   b. else a *restored* clone: check and materialize the snapshot (L1 tmpfs), take a
+      prepared restore slot (``slots.py``), CRIU-restore into it, resume with the
+      event;
 3. else (no snapshot, ``$LATEST``, ``no_snapshot=True``, or the snapshot failed
-   integrity/compatibility/restore) a *cold* init in a new sandbox. A fallback
-   is recorded in ``InvokeResult.notes`` and logged.
+   integrity/compatibility/restore) a *cold* init in a new sandbox; a fallback is
+   recorded in the result's ``notes`` and logged.
 
-The manager owns every sandbox it creates and kills them on ``close()``. It is a
-child subreaper so restored trees (children of CRIU) are reaped by it.
+Other jobs, one module each: publishing (``publisher.py``), provisioned
+concurrency (``provisioned.py``), concurrency limits (``limits.py``), log lines
+(``report.py``). The manager owns every sandbox it creates and kills them on
+``close()``; it is a child subreaper, so restored trees are reaped by it.
 """
 
 from __future__ import annotations
@@ -21,41 +26,39 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import hashlib
-import hmac
 import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .. import __version__
 from ..checkpoint.criu import Criu
 from ..config import CRIU_RUNDIR, FunctionConfig, Settings
-from ..errors import (AfterRestoreError, ConfigError, InitError,
-                      OutOfMemoryError,
-                      PayloadError, PublishError, RestoreError, RuntimeExitError,
-                      SandboxError, SandboxTimeoutError, SnapshotError,
+from ..errors import (AfterRestoreError, InitError, OutOfMemoryError, PayloadError, RestoreError,
+                      RuntimeExitError, SandboxError, SandboxTimeoutError, SnapshotError,
                       SnapshotIncompatibleError, SnapStartError, StoreError, ThrottledError)
 from ..registry import LATEST, Registry, VersionInfo
+from ..results import InvokeRequest, InvokeResult, StartType
 from ..runtimes import runtime_spec
 from ..sandbox.cgroups import favor_dynmods
 from ..sandbox.cgroups import sweep_stale as sweep_stale_cgroups
-from ..sandbox.mountns import SandboxFs
 from ..sandbox.procs import owner_tag
-from ..sandbox.sandbox import InvokeRequest, InvokeResult, RestoreSlot, Sandbox
+from ..sandbox.sandbox import Sandbox
 from ..sandbox.state import SandboxState
+from .ahead import RestoreAhead
+from .clones import Clones, Key
 from .limits import ConcurrencyLimits
+from .provisioned import Provisioned
+from .publisher import Publisher, PublishResult, sandbox_fs
+from .slots import SlotPool, discard
 
-__all__ = ["Manager", "PublishResult", "MAX_SYNC_PAYLOAD", "check_payload"]
+__all__ = ["Manager", "PublishResult", "MAX_SYNC_PAYLOAD", "check_payload",
+           "check_agent_protocol"]
 
 log = logging.getLogger("snapstart.manager")
 MAX_SYNC_PAYLOAD = 6 * 1024 * 1024
@@ -73,20 +76,18 @@ def check_payload(payload: bytes, limit: int = MAX_SYNC_PAYLOAD) -> None:
         raise PayloadError(f"Could not parse request body into json: {exc}") from None
 
 
-@dataclass(frozen=True)
-class PublishResult:
-    name: str
-    version: int
-    init_duration_ms: float
-    dump_duration_ms: float
-    image_bytes: int
-    stored_bytes: int
+def check_agent_protocol(label: str, meta: dict) -> None:
+    """Refuse a snapshot whose frozen agent speaks a control protocol this host does
+    not (bootstrap.protocol): published by another snapstart release."""
+    from bootstrap import protocol
 
-    def to_dict(self) -> dict:
-        return {"name": self.name, "version": self.version,
-                "init_duration_ms": round(self.init_duration_ms, 2),
-                "dump_duration_ms": round(self.dump_duration_ms, 2),
-                "image_bytes": self.image_bytes, "stored_bytes": self.stored_bytes}
+    version = meta.get("agent_protocol")
+    if version not in protocol.SUPPORTED:
+        made_by = meta.get("snapstart_version") or "a snapstart release before 0.2"
+        raise SnapshotIncompatibleError(
+            f"{label}: its agent speaks control protocol {version or 1} (published by "
+            f"{made_by}); this snapstart speaks {sorted(protocol.SUPPORTED)}: publish the "
+            "function again")
 
 
 def _default_concurrency() -> int:
@@ -101,10 +102,12 @@ def _default_concurrency() -> int:
 class Manager:
     def __init__(self, settings: Settings | None = None, *, keep_warm: bool = True,
                  max_concurrency: int | None = None, restore_slots: int | None = None,
+                 restore_ahead: int = 0,
                  log_sink: Callable[[str, str, bytes], None] | None = None) -> None:
-        """``restore_slots``: how many prepared restore slots (namespace + cgroup +
-        criu worker, see ``RestoreSlot``) to keep ready; default 2 for a long-lived
-        manager (``keep_warm``), 0 for one-shot use."""
+        """``restore_slots``: prepared restore slots to keep ready (slots.py); default
+        2 for a long-lived manager (``keep_warm``), 0 for one-shot use.
+        ``restore_ahead``: clones of each recently invoked version to keep restored
+        ahead of demand (ahead.py; ``snapstart serve`` uses 1)."""
         self.settings = settings or Settings.from_env()
         self.registry = Registry(self.settings)
         self.criu = Criu(self.settings.criu)
@@ -113,21 +116,10 @@ class Manager:
         self.log_sink = log_sink
         self._store = None
         self._lock = threading.Lock()
-        self._idle: dict[tuple[str, str], list[Sandbox]] = {}
-        self._all: set[Sandbox] = set()
         self._active = 0
         self._closed = False
-        # reserved concurrency (limits.py) and provisioned clones (set_provisioned)
-        self.limits = ConcurrencyLimits(self.max_concurrency,
-                                        path=self.settings.home / "concurrency.json")
-        self._provisioned: dict[tuple[str, str], int] = {}
-        self._prov_members: dict[tuple[str, str], set[Sandbox]] = {}
         self._housekeeper: threading.Thread | None = None
         self._stop = threading.Event()
-        self._slot_target = (2 if keep_warm else 0) if restore_slots is None else restore_slots
-        self._slots: list[RestoreSlot] = []
-        self._slot_cond = threading.Condition(self._lock)
-        self._slot_thread: threading.Thread | None = None
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         sweep_stale_cgroups()   # groups of managers that died without cleaning up
         # cheap cgroup migrations for this boot (cgroups.py); the marker lives on tmpfs
@@ -140,8 +132,21 @@ class Manager:
         # its directory every CRIU call re-probes the kernel (~30 ms).
         os.makedirs(CRIU_RUNDIR, mode=0o755, exist_ok=True)
         _sweep_stale_dirs(self.settings.shm)   # ... and their CRIU work / staging dirs
-        self._fs = SandboxFs()         # a restore slot's filesystem (no code yet)
         self.owner = owner_tag(self.settings.home)   # names our sandboxes in /proc
+        self.clones = Clones()
+        self.slots = SlotPool(self.criu, self.settings.shm / "run", owner=self.owner,
+                              target=(2 if keep_warm else 0) if restore_slots is None
+                              else restore_slots)
+        self.ahead = RestoreAhead(per_version=restore_ahead, max_total=8 * restore_ahead,
+                                  restore=self._restore, clones=self.clones, slots=self.slots)
+        # reserved concurrency (limits.py) and provisioned clones
+        self.limits = ConcurrencyLimits(self.max_concurrency,
+                                        path=self.settings.home / "concurrency.json")
+        self.provisioned = Provisioned(self.registry, self.clones, self._prewarm,
+                                       closed=lambda: self._closed)
+        self.publisher = Publisher(settings=self.settings, registry=self.registry,
+                                   store=lambda: self.store, criu=self.criu, owner=self.owner,
+                                   clones=self.clones, sink=self._sink)
 
     @property
     def store(self):
@@ -150,141 +155,54 @@ class Manager:
             self._store = LocalStore.from_settings(self.settings)
         return self._store
 
-    # ---- publish -----------------------------------------------------------------
     def publish(self, code_dir: Path, config: FunctionConfig, *, progress: bool = False,
                 init_timeout_s: float = 120.0) -> PublishResult:
-        """Init once, checkpoint, store: a new immutable version."""
-        self.registry.set_latest(config, Path(code_dir))
-        n, vdir = self.registry.allocate_version(config.name)
-        staging = self.settings.shm / "staging" / _private_name()
-        try:
-            shutil.copytree(self.registry.latest(config.name).code_dir, vdir / "code",
-                            symlinks=True)
-            packages = self._install_requirements(vdir)
-            for tree in (vdir / "code", packages):
-                if tree is not None:
-                    self.registry.share_with_sandbox(tree)
-            seed = self._hash_seed(config.name)
-            spec = runtime_spec(config, self.settings, code_dir=vdir / "code",
-                                packages_dir=packages, version=str(n), snap_start=True,
-                                log_stream=f"publish/{n}", hash_seed=seed)
-            t0 = time.monotonic()
-            sandbox = self._track(Sandbox.spawn(spec, owner=self.owner,
-                                                name=f"{config.name}:{n}:publish",
-                                                deterministic=True, hash_seed=seed,
-                                                memory_mb=config.memory_mb,
-                                                fs=self._fs_for(config, vdir / "code",
-                                                                packages),
-                                                egress=config.egress,
-                                                log_sink=self._sink(config.name, "publish")))
-            try:
-                kind = sandbox.wait_init(init_timeout_s)
-            except InitError as exc:
-                raise PublishError(f"init failed: {exc.error_type}: {exc.message}",
-                                   error_type=exc.error_type) from exc
-            init_ms = (time.monotonic() - t0) * 1000
-            if kind != "snapshot" and not spec.snapshot_on_next:
-                sandbox.kill()
-                raise PublishError("the runtime asked for an invocation instead of calling "
-                                   "GET /runtime/restore/next; it does not support snap-start")
-            t1 = time.monotonic()
-            try:
-                dump = sandbox.checkpoint(self.criu, staging / "images", staging / "work")
-            finally:
-                self._untrack(sandbox)
-            dump_ms = (time.monotonic() - t1) * 1000
-            snapshot = {"ctl_inode": sandbox.ctl_inode, "init_duration_ms": init_ms,
-                        "dump_duration_ms": dump_ms, "image_bytes": dump.image_bytes,
-                        "criu_version": self.criu.version(),
-                        # the agent frozen in the image speaks this (bootstrap.protocol)
-                        "agent_protocol": sandbox.protocol_version,
-                        "agent_layout": sandbox.layout,
-                        "snapstart_version": __version__}
-            meta = {"config": config.to_dict(), "runtime": config.runtime,
-                    "python": sys.version.split()[0], **snapshot}
-            self.store.put(config.name, n, staging / "images", meta, progress=progress)
-            stored = self._stored_bytes(config.name, n)
-            self.registry.commit_version(config.name, n, config, snapshot)
-            log.info("published %s:%d (init %.0f ms, dump %.0f ms, %d bytes)", config.name, n,
-                     init_ms, dump_ms, dump.image_bytes)
-            return PublishResult(name=config.name, version=n, init_duration_ms=init_ms,
-                                 dump_duration_ms=dump_ms, image_bytes=dump.image_bytes,
-                                 stored_bytes=stored)
-        except BaseException:
-            self.registry.abort_version(config.name, n)
-            with contextlib.suppress(Exception):
-                self.store.remove(config.name, n)
-            raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    @staticmethod
-    def _fs_for(config: FunctionConfig, code: Path | None = None,
-                packages: Path | None = None) -> SandboxFs:
-        return SandboxFs(size_mb=config.ephemeral_storage_mb,
-                         task=str(code) if code else None,
-                         packages=str(packages) if packages else None)
-
-    def _hash_seed(self, name: str) -> int:
-        """A per-function PYTHONHASHSEED: stable across versions (so snapshots of two
-        versions deduplicate), secret (derived from the store's key)."""
-        digest = hmac.new(self.store.key, b"pythonhashseed:" + name.encode(), hashlib.sha256)
-        return int.from_bytes(digest.digest()[:4], "little")
-
-    def _stored_bytes(self, name: str, n: int) -> int:
-        for row in self.store.stats():
-            if row.get("name") == name and row.get("version") == n:
-                return int(row.get("stored_bytes", 0))
-        return 0
-
-    @staticmethod
-    def _install_requirements(vdir: Path) -> Path | None:
-        req = vdir / "code" / "requirements.txt"
-        if not req.exists():
-            return None
-        target = vdir / "packages"
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                               "--disable-pip-version-check", "--no-input", "--target",
-                               str(target), "-r", str(req)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise PublishError("pip could not install requirements.txt: "
-                               + (proc.stderr.strip().splitlines() or ["(no output)"])[-1])
-        return target
+        """Init once, checkpoint, store: a new immutable version (publisher.py)."""
+        return self.publisher.publish(code_dir, config, progress=progress,
+                                      init_timeout_s=init_timeout_s)
 
     # ---- invoke ------------------------------------------------------------------
     def invoke(self, name: str, payload: bytes = b"{}", *, qualifier: str | None = None,
                no_snapshot: bool = False, force_new: bool = False,
                client_context: str | None = None, trace_id: str | None = None,
                request_id: str | None = None) -> InvokeResult:
-        info = self.registry.resolve(name, qualifier)
+        return self.invoke_version(self.registry.resolve(name, qualifier), payload,
+                                   no_snapshot=no_snapshot, force_new=force_new,
+                                   client_context=client_context, trace_id=trace_id,
+                                   request_id=request_id)
+
+    def invoke_version(self, info: VersionInfo, payload: bytes = b"{}", *,
+                       no_snapshot: bool = False, force_new: bool = False,
+                       client_context: str | None = None, trace_id: str | None = None,
+                       request_id: str | None = None) -> InvokeResult:
+        """``invoke`` of a version the caller resolved already (the Invoke API)."""
         check_payload(payload)
         req = InvokeRequest(request_id=request_id or str(uuid.uuid4()), payload=payload,
-                            arn=self.settings.function_arn(name, info.version
+                            arn=self.settings.function_arn(info.name, info.version
                                                            if info.version != LATEST else None),
                             timeout_s=info.config.timeout_s, trace_id=trace_id,
                             client_context=client_context)
         self._acquire(info.name)
         try:
-            return self._dispatch(info, req, no_snapshot=no_snapshot, force_new=force_new)
+            result = self._dispatch(info, req, no_snapshot=no_snapshot, force_new=force_new)
         finally:
             self._release(info.name)
+        return dataclasses.replace(result, executed_version=info.version)
 
-    def _acquire(self, name: str | None = None) -> None:
+    def _acquire(self, name: str) -> None:
         with self._lock:
             if self._closed:
                 raise SandboxError("manager is closed")
             if self._active >= self.max_concurrency:
                 raise ThrottledError("Rate Exceeded.",
                                      reason="ConcurrentInvocationLimitExceeded")
-            if name is not None:
-                self.limits.acquire(name)     # reserved concurrency; raises ThrottledError
+            self.limits.acquire(name)     # reserved concurrency; raises ThrottledError
             self._active += 1
 
-    def _release(self, name: str | None = None) -> None:
+    def _release(self, name: str) -> None:
         with self._lock:
             self._active -= 1
-            if name is not None:
-                self.limits.release(name)
+            self.limits.release(name)
 
     @property
     def active(self) -> int:
@@ -294,19 +212,31 @@ class Manager:
     def _dispatch(self, info: VersionInfo, req: InvokeRequest, *, no_snapshot: bool,
                   force_new: bool) -> InvokeResult:
         key = (info.name, info.version)
-        sandbox = None if force_new else self._pop_idle(key)
+        # 1. warm
+        if not force_new:
+            sandbox = self.clones.pop_idle(key)
+            if sandbox is not None:
+                try:
+                    return self._run(sandbox, key, req, StartType.WARM)
+                except RuntimeExitError:
+                    pass        # it died idle, before this event reached it: start afresh
         notes: list[str] = []
-        if sandbox is not None:
-            try:
-                return self._run(sandbox, key, req, start_type="warm")
-            except RuntimeExitError:
-                # it died idle (just before this event was delivered): start afresh
-                pass
         if info.snapshot and not no_snapshot:
+            self.ahead.note(info)
+            # 2a. restored ahead of demand
+            sandbox = self.ahead.take(key)
+            if sandbox is not None:
+                try:
+                    return self._run(sandbox, key, req, StartType.RESTORED_POOL)
+                except RuntimeExitError:
+                    pass        # it died while parked, before the event: restore afresh
+            # 2b. restored now
             try:
-                t0 = time.monotonic()
-                sandbox = self._restore(info)
-                criu_ms = (time.monotonic() - t0) * 1000
+                with self.slots.busy():
+                    t0 = time.monotonic()
+                    sandbox = self._restore(info)
+                    criu_ms = (time.monotonic() - t0) * 1000
+                    result = self._run(sandbox, key, req, StartType.RESTORED)
             except (SnapshotError, RestoreError, StoreError) as exc:
                 note = (f"snapshot of {info.name}:{info.version} unusable "
                         f"({type(exc).__name__}: {exc.message.splitlines()[0]}); "
@@ -314,27 +244,49 @@ class Manager:
                 log.warning(note)
                 notes.append(note)
             else:
-                result = self._run(sandbox, key, req, start_type="restored", resume=True)
                 # Restore Duration: CRIU restore + resume until the runtime asks for work
-                result.restore_duration_ms = criu_ms + (result.restore_duration_ms or 0.0)
-                result.notes = notes
-                return result
+                return dataclasses.replace(
+                    result, restore_duration_ms=criu_ms + (result.restore_duration_ms or 0.0))
+        # 3. cold
         return self._cold(info, key, req, notes)
 
+    def _run(self, sandbox: Sandbox, key: Key, req: InvokeRequest,
+             start_type: StartType) -> InvokeResult:
+        """One invocation on ``sandbox`` (resumed first if it was restored); the clone
+        is parked idle after, or killed. A dead, timed-out or failing runtime becomes a
+        result in Lambda's shape; RuntimeExitError is raised only for a warm or
+        restored-ahead clone that died before the event reached it (retryable)."""
+        resume = start_type in (StartType.RESTORED, StartType.RESTORED_POOL)
+        try:
+            result = sandbox.invoke(req, resume=resume)
+        except RuntimeExitError as exc:
+            self.clones.untrack(sandbox)
+            if exc.retryable and start_type in (StartType.WARM, StartType.RESTORED_POOL):
+                raise
+            return _failed(req, exc, start_type)
+        except (SandboxTimeoutError, AfterRestoreError, OutOfMemoryError) as exc:
+            self.clones.untrack(sandbox)
+            return _failed(req, exc, start_type)
+        except BaseException:
+            self.clones.untrack(sandbox)
+            raise
+        if self.keep_warm and sandbox.state is SandboxState.IDLE and not self._closed:
+            self.clones.park(key, sandbox)
+        else:
+            self.clones.untrack(sandbox)
+        return dataclasses.replace(result, start_type=start_type)
+
     def _restore(self, info: VersionInfo) -> Sandbox:
-        """Restore a clone of ``info``'s snapshot. Without a prepared slot, one is
-        prepared on a thread while the manifest is checked and the images are
-        materialized (the two overlap: ~20 ms of namespaces, cgroup and criu swrk
-        against 1 ms from L1 or ~50-100 ms from the compressed store)."""
+        """Restore a clone of ``info``'s snapshot (state RESTORING: not resumed).
+        Without a prepared slot, one is prepared on a thread while the manifest is
+        checked and the images are materialized (they overlap)."""
         n = int(info.version)
-        fs = self._fs_for(info.config)
-        slot = self._take_slot()
-        work = slot.work_dir if slot else self.settings.shm / "run" / _private_name()
+        fs = sandbox_fs(info.config)
+        slot = self.slots.take()
         pool = pending = None
         if slot is None:
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapstart-slot")
-            pending = pool.submit(RestoreSlot.prepare, self.criu, work, owner=self.owner,
-                                  fs=fs)
+            pending = pool.submit(self.slots.prepare, fs=fs)
         try:
             try:
                 manifest = self.store.manifest(info.name, n)
@@ -350,122 +302,58 @@ class Manager:
             if pending is not None and pending.exception() is None:
                 slot = pending.result()
             if slot is not None:
-                slot.discard()
-            shutil.rmtree(work, ignore_errors=True)
+                discard(slot)
             raise
+        assert slot is not None
         try:
-            sandbox = Sandbox.restore(self.criu, images, work,
+            sandbox = Sandbox.restore(self.criu, images, slot.work_dir,
                                       ctl_inode=int(info.snapshot["ctl_inode"]),
-                                      owner=self.owner,
+                                      owner=self.owner, task=info.code_dir,
+                                      packages=info.packages_dir,
                                       name=f"{info.name}:{info.version}",
-                                      task=info.code_dir, packages=info.packages_dir,
                                       memory_mb=info.config.memory_mb, slot=slot, fs=fs,
                                       egress=info.config.egress,
                                       log_sink=self._sink(info.name, info.version))
         finally:
-            shutil.rmtree(work, ignore_errors=True)
-        return self._track(sandbox)
+            shutil.rmtree(slot.work_dir, ignore_errors=True)
+        return self.clones.track(sandbox)
 
-    # ---- prepared restore slots ------------------------------------------------
-    def _take_slot(self) -> RestoreSlot | None:
-        if self._slot_target <= 0:
-            return None
-        with self._lock:
-            if self._slot_thread is None and not self._closed:
-                self._slot_thread = threading.Thread(target=self._fill_slots,
-                                                     name="snapstart-slots", daemon=True)
-                self._slot_thread.start()
-            slot = self._slots.pop() if self._slots else None
-            self._slot_cond.notify_all()
-        return slot
+    def _prewarm(self, info: VersionInfo) -> Sandbox:
+        """Restore a clone and resume it (after-restore hooks) without an event: IDLE."""
+        sandbox = self._restore(info)
+        try:
+            sandbox.resume()
+        except BaseException:
+            self.clones.untrack(sandbox)
+            raise
+        return sandbox
 
-    def _fill_slots(self) -> None:
-        """Keep ``restore_slots`` slots prepared (one thread: forks are serialized)."""
-        while True:
-            with self._lock:
-                while not self._closed and len(self._slots) >= self._slot_target:
-                    self._slot_cond.wait()
-                if self._closed:
-                    return
-            try:
-                slot = RestoreSlot.prepare(self.criu,
-                                           self.settings.shm / "run" / _private_name(),
-                                           owner=self.owner, fs=self._fs)
-            except SnapStartError as exc:
-                log.warning("cannot prepare a restore slot: %s", exc)
-                self._stop.wait(1.0)
-                continue
-            with self._lock:
-                if self._closed:
-                    keep = False
-                else:
-                    self._slots.append(slot)
-                    keep = True
-            if not keep:
-                self._discard_slot(slot)
-                return
-
-    @staticmethod
-    def _discard_slot(slot: RestoreSlot) -> None:
-        slot.discard()
-        shutil.rmtree(slot.work_dir, ignore_errors=True)
-
-    def _cold(self, info: VersionInfo, key: tuple[str, str], req: InvokeRequest,
+    def _cold(self, info: VersionInfo, key: Key, req: InvokeRequest,
               notes: list[str]) -> InvokeResult:
         spec = runtime_spec(info.config, self.settings, code_dir=info.code_dir,
                             packages_dir=info.packages_dir, version=info.version,
                             snap_start=False)
         t0 = time.monotonic()
-        sandbox = self._track(Sandbox.spawn(spec, owner=self.owner,
-                                            name=f"{info.name}:{info.version}",
-                                            memory_mb=info.config.memory_mb,
-                                            fs=self._fs_for(info.config, info.code_dir,
-                                                            info.packages_dir),
-                                            egress=info.config.egress,
-                                            log_sink=self._sink(info.name, info.version)))
+        sandbox = self.clones.track(Sandbox.spawn(
+            spec, owner=self.owner, name=f"{info.name}:{info.version}",
+            memory_mb=info.config.memory_mb,
+            fs=sandbox_fs(info.config, info.code_dir, info.packages_dir),
+            egress=info.config.egress, log_sink=self._sink(info.name, info.version)))
         logs = bytearray()
         try:
             sandbox.wait_init(max(10.0, info.config.timeout_s), logs)
         except InitError as exc:
-            self._untrack(sandbox)
+            self.clones.untrack(sandbox)
             return InvokeResult(request_id=req.request_id,
                                 payload=json.dumps(exc.to_lambda()).encode(),
                                 function_error="Unhandled", duration_ms=0.0, logs=bytes(logs),
-                                start_type="cold",
-                                init_duration_ms=(time.monotonic() - t0) * 1000, notes=notes)
+                                start_type=StartType.COLD,
+                                init_duration_ms=(time.monotonic() - t0) * 1000,
+                                notes=tuple(notes))
         init_ms = (time.monotonic() - t0) * 1000
-        result = self._run(sandbox, key, req, start_type="cold")
-        result.init_duration_ms = init_ms
-        result.logs = bytes(logs) + result.logs
-        result.notes = notes
-        return result
-
-    def _run(self, sandbox: Sandbox, key: tuple[str, str], req: InvokeRequest, *,
-             start_type: str, resume: bool = False) -> InvokeResult:
-        try:
-            result = sandbox.invoke(req, resume=resume)
-        except RuntimeExitError as exc:
-            self._untrack(sandbox)
-            if exc.retryable and start_type == "warm":
-                raise
-            return InvokeResult(request_id=req.request_id,
-                                payload=json.dumps(exc.to_lambda()).encode(),
-                                function_error="Unhandled", duration_ms=0.0, start_type=start_type)
-        except (SandboxTimeoutError, AfterRestoreError, OutOfMemoryError) as exc:
-            self._untrack(sandbox)
-            return InvokeResult(request_id=req.request_id,
-                                payload=json.dumps(exc.to_lambda()).encode(),
-                                function_error="Unhandled", duration_ms=0.0, start_type=start_type)
-        except BaseException:
-            self._untrack(sandbox)
-            raise
-        result.start_type = start_type
-        if self.keep_warm and sandbox.state is SandboxState.IDLE and not self._closed:
-            with self._lock:
-                self._idle.setdefault(key, []).append(sandbox)
-        else:
-            self._untrack(sandbox)
-        return result
+        result = self._run(sandbox, key, req, StartType.COLD)
+        return dataclasses.replace(result, init_duration_ms=init_ms,
+                                   logs=bytes(logs) + result.logs, notes=tuple(notes))
 
     def invoke_clones(self, name: str, n: int, payload: bytes = b"{}", *,
                       qualifier: str | None = None) -> list[InvokeResult | SnapStartError]:
@@ -481,150 +369,43 @@ class Manager:
                     out.append(exc)
             return out
 
-    # ---- pool bookkeeping --------------------------------------------------------
+    # ---- pools -------------------------------------------------------------------
     def _sink(self, name: str, stream: str) -> Callable[[bytes], None] | None:
         if self.log_sink is None:
             return None
         sink = self.log_sink
         return lambda data: sink(name, stream, data)
 
-    def _track(self, sandbox: Sandbox) -> Sandbox:
-        with self._lock:
-            self._all.add(sandbox)
-        return sandbox
-
-    def _untrack(self, sandbox: Sandbox) -> None:
-        sandbox.kill()
-        with self._lock:
-            self._all.discard(sandbox)
-            for members in self._prov_members.values():
-                members.discard(sandbox)
-
-    def _pop_idle(self, key: tuple[str, str]) -> Sandbox | None:
-        """The most recently used idle clone that is still healthy (others are dropped)."""
-        while True:
-            with self._lock:
-                pool = self._idle.get(key)
-                if not pool:
-                    return None
-                sandbox = pool.pop()
-            if sandbox.healthy():
-                return sandbox
-            self._untrack(sandbox)
-
     def idle_count(self, name: str | None = None) -> int:
-        with self._lock:
-            return sum(len(v) for k, v in self._idle.items() if name is None or k[0] == name)
+        return self.clones.idle_count(name)
 
-    def close(self) -> None:
-        self._stop.set()
-        with self._lock:
-            self._closed = True
-            sandboxes = list(self._all)
-            self._all.clear()
-            self._idle.clear()
-            slots, self._slots = self._slots, []
-            filler = self._slot_thread
-            self._slot_cond.notify_all()
-        if filler is not None:
-            filler.join()
-        for slot in slots:
-            self._discard_slot(slot)
-        for sandbox in sandboxes:
-            sandbox.kill()
+    def idle_sandboxes(self, name: str, version: str) -> list[Sandbox]:
+        """The idle clones of one version (read-only: memory figures)."""
+        return self.clones.idle_of((name, version))
 
-    def __enter__(self) -> "Manager":
-        return self
+    def set_provisioned(self, name: str, qualifier: str | None, n: int, *,
+                        wait_s: float = 0.0) -> str:
+        """Keep ``n`` clones of a published version restored and idle (provisioned.py)."""
+        return self.provisioned.set(name, qualifier, n, wait_s=wait_s)
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def provisioned_status(self, name: str, version: str) -> tuple[int, int, int]:
+        return self.provisioned.status(name, version)
 
-    # ---- housekeeping ------------------------------------------------------------
+    def provisioned_ready(self) -> int:
+        return self.provisioned.ready()
+
     def remove_version(self, name: str, n: int) -> None:
         self.registry.remove_version(name, n)
         with contextlib.suppress(SnapStartError):
             self.store.remove(name, n)
 
-    # ---- provisioned concurrency -------------------------------------------------
-    def set_provisioned(self, name: str, qualifier: str | None, n: int, *,
-                        wait_s: float = 0.0) -> str:
-        """Keep ``n`` clones of a published version restored and idle (start_type warm).
-
-        Returns the version. With ``wait_s`` the missing clones are restored in this
-        thread (up to that long); the housekeeper replenishes them later either way.
-        """
-        info = self.registry.resolve(name, qualifier)
-        if info.version == LATEST or not info.snapshot:
-            raise ConfigError("Provisioned Concurrency Configs cannot be applied to unpublished "
-                              "function versions ($LATEST)")
-        if not isinstance(n, int) or n < 0:
-            raise ConfigError("ProvisionedConcurrentExecutions must be a non-negative integer")
-        key = (info.name, info.version)
-        with self._lock:
-            if n == 0:
-                self._provisioned.pop(key, None)
-                members = self._prov_members.pop(key, set())
-            else:
-                self._provisioned[key] = n
-                self._prov_members.setdefault(key, set())
-                members = set()
-        for sandbox in members:           # un-provisioned clones become plain idle clones
-            sandbox.last_used = time.monotonic()
-        if wait_s > 0 and n > 0:
-            self._replenish(key, deadline=time.monotonic() + wait_s)
-        return info.version
-
-    def provisioned_status(self, name: str, version: str) -> tuple[int, int, int]:
-        """(requested, allocated, available) clones of one version."""
-        key = (name, version)
-        with self._lock:
-            members = self._prov_members.get(key, set())
-            idle = set(self._idle.get(key, []))
-            return (self._provisioned.get(key, 0), len(members),
-                    sum(1 for s in members if s in idle))
-
-    def provisioned_ready(self) -> int:
-        with self._lock:
-            return sum(len(m) for m in self._prov_members.values())
-
-    def _replenish(self, key: tuple[str, str], *, deadline: float | None = None) -> None:
-        while not self._closed:
-            with self._lock:
-                want = self._provisioned.get(key, 0) - len(self._prov_members.get(key, ()))
-            if want <= 0 or (deadline is not None and time.monotonic() > deadline):
-                return
-            try:
-                info = self.registry.version(key[0], int(key[1]))
-                sandbox = self._prewarm(info)
-            except SnapStartError as exc:
-                log.warning("provisioned clone of %s:%s failed: %s", key[0], key[1], exc.message)
-                return
-            with self._lock:
-                if self._closed or key not in self._provisioned:
-                    extra = True
-                else:
-                    extra = False
-                    self._prov_members[key].add(sandbox)
-                    self._idle.setdefault(key, []).append(sandbox)
-            if extra:
-                self._untrack(sandbox)
-
-    def _prewarm(self, info: VersionInfo) -> Sandbox:
-        """Restore a clone and resume it (after-restore hooks) without an event: IDLE."""
-        sandbox = self._restore(info)
-        try:
-            sandbox.resume()
-        except BaseException:
-            self._untrack(sandbox)
-            raise
-        return sandbox
-
-    # ---- housekeeping thread -------------------------------------------------------
+    # ---- housekeeping ------------------------------------------------------------
     def start_housekeeping(self, *, idle_timeout_s: float = 300.0,
                            max_lifetime_s: float = 7200.0, interval_s: float = 1.0) -> None:
         """Reap idle clones, recycle old ones, keep provisioned clones topped up."""
         if self._housekeeper is not None:
             return
+        self.ahead.idle_timeout_s = idle_timeout_s
 
         def loop() -> None:
             while not self._stop.wait(interval_s):
@@ -640,47 +421,32 @@ class Manager:
 
     def housekeep_once(self, *, idle_timeout_s: float, max_lifetime_s: float) -> int:
         """One pass; returns how many clones were shut down."""
-        now = time.monotonic()
-        doomed: list[Sandbox] = []
+        doomed = self.clones.expire(idle_timeout_s=idle_timeout_s,
+                                    max_lifetime_s=max_lifetime_s,
+                                    keep=self.provisioned.members())
+        doomed += self.ahead.expire()
+        for key in self.provisioned.keys():
+            self.provisioned.replenish(key)
+        return doomed
+
+    def close(self) -> None:
+        self._stop.set()
         with self._lock:
-            provisioned = set().union(*self._prov_members.values()) \
-                if self._prov_members else set()
-            for key, pool in self._idle.items():
-                keep = []
-                for sandbox in pool:
-                    old = now - sandbox.created > max_lifetime_s
-                    idle = (sandbox not in provisioned
-                            and now - sandbox.last_used > idle_timeout_s)
-                    if old or idle or not sandbox.alive or _pid_dead(sandbox.pid):
-                        doomed.append(sandbox)
-                    else:
-                        keep.append(sandbox)
-                pool[:] = keep
-            keys = list(self._provisioned)
-        for sandbox in doomed:
-            self._untrack(sandbox)
-        for key in keys:
-            self._replenish(key)
-        return len(doomed)
+            self._closed = True
+        self.ahead.close()
+        self.slots.close()
+        self.clones.close()
+
+    def __enter__(self) -> "Manager":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def check_agent_protocol(label: str, meta: dict) -> None:
-    """Refuse a snapshot whose frozen agent speaks a control protocol this host does
-    not (bootstrap.protocol): published by another snapstart release."""
-    from bootstrap import protocol
-
-    version = meta.get("agent_protocol")
-    if version not in protocol.SUPPORTED:
-        made_by = meta.get("snapstart_version") or "a snapstart release before 0.2"
-        raise SnapshotIncompatibleError(
-            f"{label}: its agent speaks control protocol {version or 1} (published by "
-            f"{made_by}); this snapstart speaks {sorted(protocol.SUPPORTED)}: publish the "
-            "function again")
-
-
-def _private_name() -> str:
-    """A work / staging dir name that says which process owns it (``<pid>-<hex>``)."""
-    return f"{os.getpid()}-{uuid.uuid4().hex}"
+def _failed(req: InvokeRequest, exc: SnapStartError, start_type: StartType) -> InvokeResult:
+    return InvokeResult(request_id=req.request_id, payload=json.dumps(exc.to_lambda()).encode(),
+                        function_error="Unhandled", duration_ms=0.0, start_type=start_type)
 
 
 def _sweep_stale_dirs(shm: Path) -> None:
@@ -697,10 +463,3 @@ def _sweep_stale_dirs(shm: Path) -> None:
             if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
                 shutil.rmtree(entry, ignore_errors=True)
 
-
-def _pid_dead(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (OSError, IndexError):
-        return True

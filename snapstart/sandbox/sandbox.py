@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -46,6 +46,7 @@ from ..checkpoint.criu import Criu, DumpResult, Worker, reap_restore_leftovers
 from ..config import PROJECT_ROOT
 from ..errors import (AfterRestoreError, InitError, OutOfMemoryError, RuntimeExitError,
                       SandboxError, SandboxTimeoutError)
+from ..results import InvokeRequest, InvokeResult
 from ..runtimes import RuntimeSpec
 from . import mountns
 from .cgroups import Cgroup
@@ -55,7 +56,7 @@ from .procs import children_of, lifeline_fd
 from .netns import Egress, NetNs, add_egress, new_netns
 from .state import Lifecycle, SandboxState
 
-__all__ = ["Sandbox", "RestoreSlot", "InitProcess", "children_of", "InvokeRequest", "InvokeResult", "reseed_crng",
+__all__ = ["Sandbox", "RestoreSlot", "InitProcess", "children_of", "reseed_crng",
            "LOG_TAIL_BYTES", "describe_status"]
 
 T = TypeVar("T")
@@ -111,6 +112,10 @@ class InitProcess:
         return cls(proc=proc, pidns_fd=fd)
 
     def kill(self) -> None:
+        """SIGKILL snapinit and wait for it. A dying PID 1 waits until every other
+        task of its namespace has been reaped, and tasks CRIU restored there are
+        this process's children (it is their subreaper): reap those meanwhile."""
+        ns = os.fstat(self.pidns_fd).st_ino if self.pidns_fd >= 0 else None
         if self.pidns_fd >= 0:
             os.close(self.pidns_fd)
             self.pidns_fd = -1
@@ -118,7 +123,29 @@ class InitProcess:
             self.proc.kill()
         except ProcessLookupError:
             pass
-        self.proc.wait()
+        while True:
+            try:
+                self.proc.wait(timeout=0.02)
+                return
+            except subprocess.TimeoutExpired:
+                if ns is not None:
+                    _reap_members(ns, exclude=self.proc.pid)
+
+
+def _reap_members(pidns_inode: int, *, exclude: int) -> None:
+    """Reap this process's zombie children that lived in PID namespace ``pidns_inode``."""
+    for pid in children_of(os.getpid()):
+        if pid == exclude:
+            continue
+        try:
+            if os.stat(f"/proc/{pid}/ns/pid").st_ino != pidns_inode:
+                continue
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    continue
+            os.waitpid(pid, os.WNOHANG)
+        except (OSError, IndexError):
+            continue
 
 
 def _start_snapinit(program: list[str], *, owner: str) -> subprocess.Popen:
@@ -215,31 +242,6 @@ class RestoreSlot:
         self.netns.close()
         if self.cgroup is not None:
             self.cgroup.destroy()
-
-
-@dataclass
-class InvokeRequest:
-    request_id: str
-    payload: bytes
-    arn: str
-    timeout_s: float
-    trace_id: str | None = None
-    client_context: str | None = None
-    cognito: str | None = None
-
-
-@dataclass
-class InvokeResult:
-    request_id: str
-    payload: bytes
-    function_error: str | None          # None | "Unhandled"
-    duration_ms: float
-    logs: bytes = b""
-    start_type: str = "warm"
-    init_duration_ms: float | None = None
-    restore_duration_ms: float | None = None
-    max_memory_used_mb: int | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def _kill_and_reap(pid: int) -> None:
@@ -708,7 +710,7 @@ class Sandbox:
         deadline_ms = int(time.time() * 1000 + req.timeout_s * 1000)
         frame = {"op": "invoke", "id": req.request_id, "payload": req.payload,
                  "deadline_ms": deadline_ms, "arn": req.arn, "trace_id": req.trace_id,
-                 "client_context": req.client_context, "cognito": req.cognito}
+                 "client_context": req.client_context}
         restore_ms: float | None = None
         try:
             if resume:
