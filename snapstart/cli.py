@@ -328,13 +328,18 @@ def doctor() -> None:
               help="Retries of a failed Event invocation.")
 @click.option("--event-backoff", type=float, default=60.0, show_default=True,
               help="Seconds before the first retry (doubles each time).")
+@click.option("--restore-ahead", type=click.IntRange(0, 8), default=1, show_default=True,
+              help="Clones of each recently invoked version kept restored ahead of demand "
+                   "(start type restored-pool); 0: restore on demand only.")
 def serve(host: str, port: int, max_concurrency: int | None, idle_timeout: float,
-          max_lifetime: float, event_retries: int, event_backoff: float) -> None:
+          max_lifetime: float, event_retries: int, event_backoff: float,
+          restore_ahead: int) -> None:
     """Serve Lambda's Invoke API (boto3 / aws-cli with --endpoint-url)."""
     from .invoke_api.server import ServeOptions, serve as run_server
     run_server(ServeOptions(host=host, port=port, max_concurrency=max_concurrency,
                             idle_timeout_s=idle_timeout, max_lifetime_s=max_lifetime,
-                            event_retries=event_retries, event_backoff_s=event_backoff),
+                            event_retries=event_retries, event_backoff_s=event_backoff,
+                            restore_ahead=restore_ahead),
                _settings())
 
 

@@ -70,6 +70,7 @@ class ServeOptions:
     event_backoff_s: float = 60.0
     event_threads: int = 2
     provisioned_wait_s: float = 60.0
+    restore_ahead: int = 1
 
 
 def _trace_id() -> str:
@@ -456,7 +457,8 @@ def serve(options: ServeOptions, settings: Settings | None = None, *,
     killed = kill_orphans(settings.home)
     if killed:
         log.warning("killed %d sandbox(es) left by a previous server", killed)
-    manager = Manager(settings, max_concurrency=options.max_concurrency)
+    manager = Manager(settings, max_concurrency=options.max_concurrency,
+                      restore_ahead=options.restore_ahead)
     service = InvokeService(manager, settings, options)
     try:
         asyncio.run(_main(service, options, ready))

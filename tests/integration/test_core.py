@@ -13,6 +13,8 @@ from snapstart.errors import FunctionNotFoundError, PublishError
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_criu]
 
+FUNCTIONS_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "functions"
+
 
 def _payload(result) -> dict:
     return json.loads(result.payload)
@@ -37,6 +39,37 @@ def test_publish_then_restored_invoke_runs_init_once(manager, publish):
     assert a["pidns"] != os.stat("/proc/self/ns/pid").st_ino
     assert first.restore_duration_ms is not None and first.restore_duration_ms > 0
     assert b"init ran" not in first.logs  # init output belongs to publish, not to a restore
+
+
+def test_restored_ahead_clones_resume_unique_per_request(settings):
+    """restore_ahead: a version invoked once gets a clone restored ahead; a request
+    that needs a new clone resumes it (start type restored-pool): its after-restore
+    hooks run then, so each pooled clone is still a fresh, unique one."""
+    import time
+
+    from snapstart.config import FunctionConfig
+    from snapstart.manager import Manager
+
+    with Manager(settings, restore_ahead=1) as manager:
+        manager.publish(FUNCTIONS_DIR / "hello", FunctionConfig(name="hello",
+                                                                handler="app.handler"))
+        first = manager.invoke("hello", b"{}", force_new=True)
+        assert first.start_type == "restored"
+        seen = {_payload(first)["uuid4"]}
+        for _ in range(3):
+            deadline = time.monotonic() + 20
+            while manager.ahead.parked(("hello", "1")) < 1:
+                assert time.monotonic() < deadline, "no clone was restored ahead"
+                time.sleep(0.01)
+            pooled = manager.invoke("hello", b'{"k": 2}', force_new=True)
+            out = _payload(pooled)
+            assert pooled.start_type == "restored-pool" and pooled.function_error is None
+            assert out["event"] == {"k": 2} and out["calls"] == 1     # a fresh clone
+            assert out["init_at"] == _payload(first)["init_at"]       # init ran once
+            assert pooled.restore_duration_ms is not None             # its resume
+            seen.add(out["uuid4"])
+        assert len(seen) == 4                                         # every clone unique
+    assert manager.ahead.parked() == 0                                # closed: none left
 
 
 def test_warm_reuse_hits_same_clone(manager, publish):
