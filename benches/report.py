@@ -27,8 +27,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-ORDER = ["cold", "restored-l1", "restored-l2", "warm", "warm-serve",
-         "rie-cold", "rie-warm", "zygote", "process"]
+ORDER = ["cold", "restored-l1", "restored-l2", "restored-pool", "cli-restored", "warm",
+         "warm-serve", "rie-cold", "rie-warm", "zygote", "process"]
 
 
 def _fmt(x: Any, digits: int = 2) -> str:
@@ -58,12 +58,16 @@ def markdown(data: dict[str, Any], plots: list[str]) -> str:
                      f"{_fmt(r['p99'])} | {r['errors']} |")
     lines += ["", "## Ratios (of p50)", "",
               "| function | cold/restored-l1 | restored-l1/warm | restored-l1/zygote | "
-              "restored-l2/restored-l1 | rie-cold/restored-l1 |",
-              "|---|---:|---:|---:|---:|---:|"]
+              "restored-l2/restored-l1 | rie-cold/restored-l1 | restored-pool/zygote | "
+              "cli-restored/restored-l1 |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for fn, r in data["ratios"].items():
-        lines.append(f"| {fn} | {_fmt(r['cold/restored-l1'])} | {_fmt(r['restored-l1/warm'])} | "
-                     f"{_fmt(r['restored-l1/zygote'])} | {_fmt(r['restored-l2/restored-l1'])} | "
-                     f"{_fmt(r['rie-cold/restored-l1'])} |")
+        lines.append(f"| {fn} | {_fmt(r.get('cold/restored-l1'))} | "
+                     f"{_fmt(r.get('restored-l1/warm'))} | {_fmt(r.get('restored-l1/zygote'))} | "
+                     f"{_fmt(r.get('restored-l2/restored-l1'))} | "
+                     f"{_fmt(r.get('rie-cold/restored-l1'))} | "
+                     f"{_fmt(r.get('restored-pool/zygote'))} | "
+                     f"{_fmt(r.get('cli-restored/restored-l1'))} |")
     if data["burst"]:
         lines += ["", "## Burst: simultaneous first invokes of a freshly published version",
                   "", "Completion: wall clock of Manager.invoke_clones(name, n). p50/p99: "
@@ -78,11 +82,15 @@ def markdown(data: dict[str, Any], plots: list[str]) -> str:
         lines += ["", f"Restores per second sustained (best burst): "
                       f"{_fmt(data.get('restores_per_s_max'), 1)}"]
     if data["memory"]:
-        lines += ["", "## Memory per idle clone (smaps_rollup, agent + runtime)", "",
+        lines += ["", "## Memory per idle clone (smaps_rollup of its processes)", "",
                   "| function | clone | clones | RSS MiB | PSS MiB |", "|---|---|---:|---:|---:|"]
         for mrow in data["memory"]:
             lines.append(f"| {mrow['function']} | {mrow['kind']} | {mrow['clones']} | "
                          f"{mrow['rss_kib'] / 1024:.1f} | {mrow['pss_kib'] / 1024:.1f} |")
+        if data.get("pss_burst_over_lone"):
+            lines += ["", "PSS per idle clone of the biggest burst / a lone restored clone's: "
+                      + ", ".join(f"{fn} {_fmt(v, 3)}"
+                                  for fn, v in data["pss_burst_over_lone"].items())]
     if data["publish"]:
         lines += ["", "## Publish", "", "| function | init ms | dump ms | image MiB | "
                   "stored MiB | publish wall ms (incl. pip) |", "|---|---:|---:|---:|---:|---:|"]

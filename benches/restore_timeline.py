@@ -73,8 +73,7 @@ def main() -> None:
     m.criu.map_pages = not args.copy_pages
     try:
         store = type(m.store)
-        wrap(store, "manifest", "manifest (verify HMAC)")
-        wrap(store, "materialize", "materialize (L1 hit)")
+        wrap(store, "materialized", "manifest + L1 (verify, hit)")
         wrap(sbm.RestoreSlot, "prepare", "slot prepare")
         wrap(sbm, "new_netns", "  netns")
         wrap(sbm.Cgroup, "create", "  cgroup create")

@@ -1,17 +1,28 @@
 #!/usr/bin/env python3
 """snapstart benchmark suite (issue 5): start latency of restored clones vs. peers.
 
-    python benches/run.py [--n N] [--functions hello,data,web] [--out DIR]
+    python benches/run.py [--n N] [--functions hello,data,web] [--model-sizes 100,200,400]
+                          [--out DIR]
 
 For each function in benches/functions/ it publishes one version into a private
 SNAPSTART_HOME / SNAPSTART_SHM and measures, from this process, the wall clock of
-"request sent -> response received" around each call:
+"request sent -> response received" around each call, on a manager configured as
+`snapstart serve` runs one (two prepared restore slots; each restored start after
+a 50 ms idle gap, so slots refill; bursts measure back-to-back restores):
 
-    cold         Manager.invoke(no_snapshot=True, force_new=True)
-    restored-l1  Manager.invoke(force_new=True), snapshot already on tmpfs (L1)
-    restored-l2  store.clear_l1() first, then Manager.invoke(force_new=True)
-    warm         Manager.invoke() on a live clone (and through `snapstart serve`
-                 when that command exists: start type ``warm-serve``)
+    cold          Manager.invoke(no_snapshot=True, force_new=True)
+    restored-l1   Manager.invoke(force_new=True), snapshot already on tmpfs (L1)
+    restored-l2   store.clear_l1() first, then Manager.invoke(force_new=True)
+    restored-pool a clone restored ahead of demand (restore_ahead=1), resumed for the
+                  request: its own start type, never mixed into restored-l1
+    cli-restored  the one-shot CLI, `snapstart invoke NAME --json` (what `make demo`
+                  shows): its own request -> response (``invoke_ms``: slot, restore,
+                  invoke; not Python's start); process wall time reported beside it
+    warm          Manager.invoke() on a live clone (and through `snapstart serve`
+                  when that command exists: start type ``warm-serve``)
+
+and ``model`` (benches/functions/model) at 100, 200 and 400 MB of init-time data:
+cold and restored-l1, to show that restoring by mapping page images stays flat.
 
 and the peers on the same machine in the same run:
 
@@ -22,7 +33,9 @@ and the peers on the same machine in the same run:
     process      a new ``python -c`` that imports the handler and runs it once
 
 plus bursts of 1/4/8/16 simultaneous first invokes of a freshly published version
-(Manager.invoke_clones), restores per second, and RSS/PSS per idle clone.
+(Manager.invoke_clones), restores per second, and RSS/PSS per idle clone (and the
+PSS of a clone in the biggest burst over a lone one's: pages mapped from one
+snapshot are shared).
 
 Results are data with dimensions (function, start type, via, arch): JSON, a Markdown
 report and PNG plots in --out (report.py). Progress goes to stderr. There are no
@@ -67,7 +80,8 @@ CACHE = BENCHES / ".cache"
 EVENTS = BENCHES / "events"
 PY = sys.executable
 BURST_SIZES = (1, 4, 8, 16)
-START_TYPES = ("cold", "restored-l1", "restored-l2", "warm")
+START_TYPES = ("cold", "restored-l1", "restored-l2", "restored-pool", "cli-restored", "warm")
+MODEL_SIZES = (100, 200, 400)
 PEERS = ("rie-cold", "rie-warm", "zygote", "process")
 
 
@@ -196,12 +210,16 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def manager_series(fn_name: str, start_type: str, n: int, call: Callable[[], Any],
-                   expect: str, before: Callable[[], None] | None = None) -> Series:
-    """Run `call` (a Manager.invoke) n times (+1 discarded warm-up)."""
+                   expect: str, before: Callable[[], None] | None = None,
+                   gap_s: float = 0.0) -> Series:
+    """Run `call` (a Manager.invoke) n times (+1 discarded warm-up); ``before`` runs
+    (untimed) ahead of each call, then ``gap_s`` of idle time."""
     s = Series(fn_name, start_type, "manager")
     for i in range(n + 1):
         if before is not None:
             before()
+        if gap_s:
+            time.sleep(gap_s)
         ms, result = timed(call)
         if i == 0:
             continue
@@ -217,8 +235,41 @@ def manager_series(fn_name: str, start_type: str, n: int, call: Callable[[], Any
         s.add_reported("duration_ms", result.duration_ms)
         s.add_reported("init_duration_ms", result.init_duration_ms)
         s.add_reported("restore_duration_ms", result.restore_duration_ms)
-    log(f"  {fn_name:6} {start_type:12} p50 {summarize(s.samples)['p50']} ms "
+        s.add_reported("max_memory_used_mb", result.max_memory_used_mb)
+    log(f"  {fn_name:9} {start_type:13} p50 {summarize(s.samples)['p50']} ms "
         f"({len(s.samples)} ok, {len(s.errors)} errors)")
+    return s
+
+
+def cli_series(fn_name: str, version: str, n: int, env: dict[str, str]) -> Series:
+    """The one-shot CLI (`snapstart invoke NAME:VERSION --json`, what `make demo`
+    shows): its own request -> response time (``invoke_ms``: the restore included,
+    Python's start and imports not), and the whole process in ``reported``."""
+    s = Series(fn_name, "cli-restored", "cli")
+    exe = str(Path(PY).parent / "snapstart")
+    payload = payload_for(fn_name).decode()
+    for i in range(n + 1):
+        t0 = time.perf_counter()
+        proc = subprocess.run([exe, "invoke", f"{fn_name}:{version}", "--payload", payload,
+                               "--json"], env=env, capture_output=True, timeout=120)
+        wall = (time.perf_counter() - t0) * 1000
+        if i == 0:
+            continue
+        try:
+            row = json.loads(proc.stdout)
+        except ValueError:
+            s.errors.append(proc.stderr.decode(errors="replace").strip()[-160:] or "no output")
+            continue
+        err = check_response(fn_name, json.dumps(row.get("payload")).encode())
+        if err or row.get("start_type") != "restored" or "invoke_ms" not in row:
+            s.errors.append(err or f"start_type {row.get('start_type')}")
+            s.notes.extend(row.get("notes") or [])
+            continue
+        s.samples.append(float(row["invoke_ms"]))
+        s.add_reported("process_wall_ms", wall)
+        s.add_reported("restore_duration_ms", row.get("restore_duration_ms"))
+    log(f"  {fn_name:9} {'cli-restored':13} p50 {summarize(s.samples)['p50']} ms "
+        f"(process p50 {summarize(s.reported.get('process_wall_ms', []))['p50']} ms)")
     return s
 
 
@@ -468,6 +519,10 @@ def warm_via_serve(fn_name: str, version: int, payload: bytes, n: int,
 
 
 # ---- the suite -------------------------------------------------------------------
+GAP_S = 0.05     # idle time before each restored start (prepared slots refill; bursts
+                 # measure back-to-back restores separately)
+
+
 def bench_function(fn_name: str, settings: Settings, n: int, burst: tuple[int, ...],
                    use_serve: bool, env: dict[str, str], out: dict[str, Any]) -> None:
     from snapstart.manager import Manager
@@ -477,7 +532,9 @@ def bench_function(fn_name: str, settings: Settings, n: int, burst: tuple[int, .
     config = FunctionConfig(name=fn_name, handler="app.handler", timeout_s=30.0)
     series: list[Series] = []
     with ExitStack() as stack:
-        mgr = stack.enter_context(Manager(settings, keep_warm=False))
+        # a long-running manager as `snapstart serve` runs it: prepared restore slots
+        # (no clones restored ahead: that is restored-pool's series)
+        mgr = stack.enter_context(Manager(settings, keep_warm=False, restore_slots=2))
         log(f"{fn_name}: publishing (pip installs requirements.txt, if any)")
         ms, pub = timed(lambda: mgr.publish(code, config))
         out["publish"][fn_name] = {**pub.to_dict(), "wall_ms": round(ms, 1)}
@@ -486,18 +543,29 @@ def bench_function(fn_name: str, settings: Settings, n: int, burst: tuple[int, .
             f"(image {pub.image_bytes / 2**20:.1f} MiB)")
         packages = mgr.registry.resolve(fn_name, version).packages_dir
 
-        def invoke(**kw: Any) -> Callable[[], Any]:
-            return lambda: mgr.invoke(fn_name, payload, qualifier=version, **kw)
+        def invoke(m: Any = mgr, **kw: Any) -> Callable[[], Any]:
+            return lambda: m.invoke(fn_name, payload, qualifier=version, **kw)
 
         series.append(manager_series(fn_name, "cold", n,
                                      invoke(no_snapshot=True, force_new=True), "cold"))
         mgr.store.materialize(fn_name, int(version))
         series.append(manager_series(fn_name, "restored-l1", n, invoke(force_new=True),
-                                     "restored"))
+                                     "restored", gap_s=GAP_S))
         series.append(manager_series(fn_name, "restored-l2", n, invoke(force_new=True),
-                                     "restored", before=mgr.store.clear_l1))
+                                     "restored", before=mgr.store.clear_l1, gap_s=GAP_S))
         with suppress(Exception):   # for the record: L1 contents after the L2 series
             out.setdefault("l1_stats", {})[fn_name] = mgr.store.l1_stats()
+        with Manager(settings, keep_warm=False, restore_slots=2, restore_ahead=1) as amgr:
+            amgr.invoke(fn_name, payload, qualifier=version, force_new=True)  # noted
+            key = (fn_name, version)
+
+            def parked() -> None:
+                deadline = time.monotonic() + 30
+                while amgr.ahead.parked(key) < 1 and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            series.append(manager_series(fn_name, "restored-pool", n,
+                                         invoke(amgr, force_new=True), "restored-pool",
+                                         before=parked, gap_s=GAP_S))
         with Manager(settings, keep_warm=True) as wmgr:
             first = wmgr.invoke(fn_name, payload, qualifier=version, force_new=True)
             s = manager_series(fn_name, "warm", n,
@@ -511,6 +579,7 @@ def bench_function(fn_name: str, settings: Settings, n: int, burst: tuple[int, .
                 rss, pss = clone_memory_kib(sbs[0])
                 out["memory"].append({"function": fn_name, "kind": "warm clone, idle",
                                       "clones": 1, "rss_kib": rss, "pss_kib": pss})
+        series.append(cli_series(fn_name, version, max(3, n // 2), env))
         if use_serve:
             series.append(warm_via_serve(fn_name, int(version), payload, n, env))
 
@@ -523,6 +592,36 @@ def bench_function(fn_name: str, settings: Settings, n: int, burst: tuple[int, .
             out["burst"].append(run_burst(fn_name, code, config, settings, size, payload,
                                           out))
     out["results"].extend(s.to_dict() for s in series)
+
+
+def bench_model(settings: Settings, n: int, sizes: tuple[int, ...], out: dict[str, Any]) -> None:
+    """The ``model`` function at each size (MB filled at init): cold vs restored-l1.
+    A restored start maps the page images, so it should stay nearly flat in size."""
+    from snapstart.manager import Manager
+
+    code = FUNCTIONS / "model"
+    runs = max(3, min(n, 10))
+    for mb in sizes:
+        name = f"model-{mb}"
+        config = FunctionConfig(name=name, handler="app.handler", timeout_s=60.0,
+                                memory_mb=max(512, mb + 384),
+                                environment={"MODEL_MB": str(mb)})
+        payload = b'{"seed": 7}'
+        with Manager(settings, keep_warm=False, restore_slots=2) as mgr:
+            log(f"{name}: publishing")
+            ms, pub = timed(lambda: mgr.publish(code, config))
+            out["publish"][name] = {**pub.to_dict(), "wall_ms": round(ms, 1)}
+            version = str(pub.version)
+
+            def call(**kw: Any) -> Callable[[], Any]:
+                return lambda: mgr.invoke(name, payload, qualifier=version, **kw)
+            cold = manager_series(name, "cold", runs, call(no_snapshot=True, force_new=True),
+                                  "cold")
+            mgr.store.materialize(name, int(version))
+            restored = manager_series(name, "restored-l1", runs, call(force_new=True),
+                                      "restored", gap_s=GAP_S)
+            out["results"].extend([cold.to_dict(), restored.to_dict()])
+            mgr.remove_version(name, int(version))
 
 
 def run_burst(fn_name: str, code: Path, config: FunctionConfig, settings: Settings,
@@ -576,7 +675,21 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
                    "restored-l1/warm": ratio("restored-l1", "warm"),
                    "restored-l1/zygote": ratio("restored-l1", "zygote"),
                    "restored-l2/restored-l1": ratio("restored-l2", "restored-l1"),
-                   "rie-cold/restored-l1": ratio("rie-cold", "restored-l1")}
+                   "rie-cold/restored-l1": ratio("rie-cold", "restored-l1"),
+                   "restored-pool/zygote": ratio("restored-pool", "zygote"),
+                   "cli-restored/restored-l1": ratio("cli-restored", "restored-l1")}
+    return out
+
+
+def pss_ratios(memory: list[dict[str, Any]]) -> dict[str, float | None]:
+    """PSS per idle clone in the biggest burst / a lone restored clone's, per function."""
+    out: dict[str, float | None] = {}
+    for fn in sorted({m["function"] for m in memory}):
+        rows = [m for m in memory if m["function"] == fn and m["kind"].startswith("restored")]
+        lone = next((m for m in rows if m["clones"] == 1), None)
+        big = max(rows, key=lambda m: m["clones"], default=None)
+        out[fn] = (round(big["pss_kib"] / lone["pss_kib"], 3)
+                   if lone and big and big is not lone and lone["pss_kib"] else None)
     return out
 
 
@@ -589,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated burst sizes ('' for none)")
     ap.add_argument("--burst-functions", default=os.environ.get("BENCH_BURST_FUNCTIONS",
                                                                 "hello,data"))
+    ap.add_argument("--model-sizes", default=os.environ.get("BENCH_MODEL_SIZES", "100,200,400"),
+                    help="MB sizes of the `model` function ('' for none)")
     ap.add_argument("--out", type=Path, default=BENCHES / "results")
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
@@ -600,7 +715,6 @@ def main(argv: list[str] | None = None) -> int:
 
     run_id = uuid.uuid4().hex[:10]
     home = Path(tempfile.mkdtemp(prefix=f"snapstart-bench-{run_id}-"))
-    home.chmod(0o755)   # functions may run as an unprivileged uid: keep code reachable
     shm = Path("/dev/shm") / f"snapstart-bench-{run_id}"
     env = {**os.environ, "SNAPSTART_HOME": str(home / "home"), "SNAPSTART_SHM": str(shm)}
     settings = Settings.from_env(env)
@@ -622,11 +736,16 @@ def main(argv: list[str] | None = None) -> int:
             bench_function(fn, settings, args.n, burst if fn in burst_fns else (),
                            use_serve, env, out)
             log(f"== {fn} done in {time.monotonic() - t0:.0f} s")
+        sizes = tuple(int(x) for x in args.model_sizes.split(",") if x.strip())
+        if sizes:
+            log(f"== model {sizes} MB")
+            bench_model(settings, args.n, sizes, out)
     finally:
         shutil.rmtree(shm, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
     out["meta"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     out["ratios"] = ratios(out["results"])
+    out["pss_burst_over_lone"] = pss_ratios(out["memory"])
     rates = [b["restores_per_s"] for b in out["burst"]]
     out["restores_per_s_max"] = max(rates) if rates else None
     paths = write_reports(out, args.out, plots=not args.no_plots)

@@ -283,23 +283,24 @@ class Manager:
         n = int(info.version)
         fs = sandbox_fs(info.config)
         slot = self.slots.take()
-        pool = pending = None
+        # Overlapped with the snapshot's checks: preparing a slot if none was ready, or
+        # mounting the function's code into the one that was.
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapstart-slot")
         if slot is None:
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapstart-slot")
             pending = pool.submit(self.slots.prepare, fs=fs)
+        else:
+            pending = pool.submit(lambda s: (s.attach(info.code_dir, info.packages_dir), s)[1],
+                                  slot)
         try:
             try:
-                manifest = self.store.manifest(info.name, n)
+                manifest, images = self.store.materialized(info.name, n)
                 self.store.check_compatible(manifest, criu_version=self.criu.version())
                 check_agent_protocol(f"{info.name}:{n}", manifest.meta)
-                images = self.store.materialize(info.name, n)
             finally:
-                if pool is not None:
-                    pool.shutdown(wait=True)
-            if pending is not None:
-                slot = pending.result()
+                pool.shutdown(wait=True)
+            slot = pending.result()
         except BaseException:
-            if pending is not None and pending.exception() is None:
+            if pending.done() and pending.exception() is None:
                 slot = pending.result()
             if slot is not None:
                 discard(slot)

@@ -198,6 +198,7 @@ class RestoreSlot:
     work_dir: Path
     fs: SandboxFs
     init: InitProcess
+    attached: bool = False          # the function's code is mounted (attach)
 
     @classmethod
     def prepare(cls, criu: Criu, work_dir: Path, *, owner: str, cgroups: bool = True,
@@ -235,6 +236,11 @@ class RestoreSlot:
             raise
         return cls(netns=netns, cgroup=cgroup, worker=worker, work_dir=work_dir, fs=fs,
                    init=init[0])
+
+    def attach(self, task: os.PathLike | str, packages: os.PathLike | str | None) -> None:
+        """Mount the function's code (and packages) into the slot's root."""
+        mountns.attach_task(self.worker.pid, task, packages)
+        self.attached = True
 
     def discard(self) -> None:
         self.worker.close()
@@ -440,7 +446,8 @@ class Sandbox:
         try:
             if slot.cgroup is not None and memory_mb is not None:
                 slot.cgroup.limit(memory_mb)
-            mountns.attach_task(slot.worker.pid, task, packages)
+            if not slot.attached:
+                slot.attach(task, packages)
             if fs is not None and fs.size_mb != slot.fs.size_mb:
                 mountns.resize_tmp(slot.worker.pid, fs)
             archive = images_dir / mountns.TMP_ARCHIVE

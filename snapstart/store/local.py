@@ -223,14 +223,22 @@ class LocalStore:
 
     def materialize(self, name: str, version: int, *, progress: bool = False) -> Path:
         """An L1 directory of the version's verified files (built on first use)."""
+        return self.materialized(name, version, progress=progress)[1]
+
+    def materialized(self, name: str, version: int, *,
+                     progress: bool = False) -> tuple[Manifest, Path]:
+        """The verified manifest and the L1 directory of its files, from one read
+        of the manifest (a restore needs both)."""
         label = _label(name, version)
         body, encrypted = self._signed_body(name, version)
+        manifest = self._parse(body, encrypted, name, version, label)
 
         def build(dest: Path) -> None:
-            self._build(self._parse(body, encrypted, name, version, label), dest, progress)
+            self._build(manifest, dest, progress)
 
         try:
-            return self._l1.get(name, version, hashlib.sha256(body).hexdigest(), build)
+            return manifest, self._l1.get(name, version, hashlib.sha256(body).hexdigest(),
+                                          build)
         except SnapStartError:
             raise
         except OSError as exc:
