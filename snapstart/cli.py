@@ -155,7 +155,8 @@ def invoke(ref: str, payload: str | None, payload_file, log_type: str, no_snapsh
         # One prepared restore slot, started now: its namespaces, cgroup and criu
         # worker are made while the function is resolved and its snapshot checked.
         one_slot = 0 if (no_snapshot or clones) else 1
-        with Manager(_settings(), keep_warm=repeat > 1, restore_slots=one_slot) as manager:
+        with Manager(_settings(), keep_warm=repeat > 1, restore_slots=one_slot,
+                     refill_slots=False) as manager:
             info = manager.registry.resolve(name, qualifier)
             version, memory = info.version, info.config.memory_mb
             if clones:

@@ -48,7 +48,7 @@ from ..runtimes import runtime_spec
 from ..sandbox.cgroups import favor_dynmods
 from ..sandbox.cgroups import sweep_stale as sweep_stale_cgroups
 from ..sandbox.procs import owner_tag
-from ..sandbox.sandbox import Sandbox
+from ..sandbox.sandbox import RestoreSlot, Sandbox
 from ..sandbox.state import SandboxState
 from .ahead import RestoreAhead
 from .clones import Clones, Key
@@ -102,10 +102,11 @@ def _default_concurrency() -> int:
 class Manager:
     def __init__(self, settings: Settings | None = None, *, keep_warm: bool = True,
                  max_concurrency: int | None = None, restore_slots: int | None = None,
-                 restore_ahead: int = 0,
+                 refill_slots: bool = True, restore_ahead: int = 0,
                  log_sink: Callable[[str, str, bytes], None] | None = None) -> None:
         """``restore_slots``: prepared restore slots to keep ready (slots.py); default
-        2 for a long-lived manager (``keep_warm``), 0 for one-shot use.
+        2 for a long-lived manager (``keep_warm``), 0 for one-shot use;
+        ``refill_slots=False``: prepare them once, at start (the one-shot CLI).
         ``restore_ahead``: clones of each recently invoked version to keep restored
         ahead of demand (ahead.py; ``snapstart serve`` uses 1)."""
         self.settings = settings or Settings.from_env()
@@ -136,7 +137,7 @@ class Manager:
         self.clones = Clones()
         self.slots = SlotPool(self.criu, self.settings.shm / "run", owner=self.owner,
                               target=(2 if keep_warm else 0) if restore_slots is None
-                              else restore_slots)
+                              else restore_slots, refill=refill_slots)
         self.ahead = RestoreAhead(per_version=restore_ahead, max_total=8 * restore_ahead,
                                   restore=self._restore, clones=self.clones, slots=self.slots)
         # reserved concurrency (limits.py) and provisioned clones
@@ -283,14 +284,16 @@ class Manager:
         n = int(info.version)
         fs = sandbox_fs(info.config)
         slot = self.slots.take()
-        # Overlapped with the snapshot's checks: preparing a slot if none was ready, or
-        # mounting the function's code into the one that was.
+
+        def ready(slot: RestoreSlot | None) -> RestoreSlot:
+            slot = slot or self.slots.claim(fs=fs)
+            slot.attach(info.code_dir, info.packages_dir)
+            return slot
+
+        # Overlapped with the snapshot's checks: waiting for (or preparing) a slot if
+        # none was ready, and mounting the function's code into it.
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapstart-slot")
-        if slot is None:
-            pending = pool.submit(self.slots.prepare, fs=fs)
-        else:
-            pending = pool.submit(lambda s: (s.attach(info.code_dir, info.packages_dir), s)[1],
-                                  slot)
+        pending = pool.submit(ready, slot)
         try:
             try:
                 manifest, images = self.store.materialized(info.name, n)

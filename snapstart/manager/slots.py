@@ -43,11 +43,16 @@ def private_name() -> str:
 
 
 class SlotPool:
-    def __init__(self, criu: Criu, work_root: Path, *, owner: str, target: int) -> None:
+    def __init__(self, criu: Criu, work_root: Path, *, owner: str, target: int,
+                 refill: bool = True) -> None:
+        """``target`` slots are prepared from the start; ``refill``: keep them topped
+        up as restores take them (a one-shot caller, the CLI, does not)."""
         self.criu = criu
         self.work_root = work_root
         self.owner = owner
         self.target = target
+        self.refill = refill
+        self._made = 0
         self.fs = SandboxFs()          # a slot's filesystem: no code yet, default /tmp
         self._slots: list[RestoreSlot] = []
         self._cond = threading.Condition()
@@ -65,17 +70,21 @@ class SlotPool:
                                                 daemon=True)
                 self._thread.start()
 
-    def take(self) -> RestoreSlot | None:
-        """A prepared slot, or None (the caller prepares one itself). If none is ready
-        but one is being prepared, wait for it: it is further along than a new one."""
+    def take(self, *, wait: bool = False) -> RestoreSlot | None:
+        """A prepared slot, or None. With ``wait``, if none is ready but one is being
+        prepared, wait for it: it is further along than a new one would be."""
         if self.target <= 0:
             return None
         with self._cond:
-            while not self._slots and self._preparing and not self._closed:
+            while wait and not self._slots and self._preparing and not self._closed:
                 self._cond.wait(0.05)
             slot = self._slots.pop() if self._slots else None
             self._cond.notify_all()
         return slot
+
+    def claim(self, *, fs: SandboxFs | None = None) -> RestoreSlot:
+        """The slot being prepared (waited for), else a new one made now."""
+        return self.take(wait=True) or self.prepare(fs=fs)
 
     def prepare(self, *, fs: SandboxFs | None = None) -> RestoreSlot:
         """A slot made now (no pool, or it was empty)."""
@@ -108,7 +117,8 @@ class SlotPool:
     def _fill(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and len(self._slots) >= self.target:
+                while not self._closed and (len(self._slots) >= self.target or
+                                            (not self.refill and self._made >= self.target)):
                     self._cond.wait()
                 deadline = time.monotonic() + QUIET_WAIT_S
                 while not self._closed and self._busy and time.monotonic() < deadline:
@@ -116,6 +126,7 @@ class SlotPool:
                 if self._closed:
                     return
                 self._preparing = True
+                self._made += 1
             try:
                 slot = self.prepare()
             except SnapStartError as exc:

@@ -37,8 +37,6 @@ import stat
 from pathlib import Path
 from typing import Mapping
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import ConfigError
 
@@ -58,10 +56,18 @@ def _subkey(key: bytes, label: bytes) -> bytes:
     return hmac.digest(key, label, "sha256")
 
 
+class InvalidTag(Exception):
+    """Authentication of an encrypted chunk failed (modified, or another key)."""
+
+
 class StoreCipher:
-    """The derived keys of one encryption key; thread-safe (AESGCM objects are)."""
+    """The derived keys of one encryption key; thread-safe (AESGCM objects are).
+    ``cryptography`` is imported only here: stores without encryption (and the CLI's
+    start) never pay for it."""
 
     def __init__(self, key: bytes) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         if not isinstance(key, bytes) or len(key) != KEY_BYTES:
             raise ConfigError(f"the encryption key must be {KEY_BYTES} bytes")
         self._name_key = _subkey(key, b"snapstart-chunk-name")
@@ -80,9 +86,14 @@ class StoreCipher:
         """The zstd frame; ``ValueError`` (bad framing) or ``InvalidTag``."""
         if len(blob) < CHUNK_OVERHEAD or blob[:len(CHUNK_MAGIC)] != CHUNK_MAGIC:
             raise ValueError("not an encrypted chunk (bad magic or too short)")
+        from cryptography.exceptions import InvalidTag as _Invalid
+
         nonce = blob[len(CHUNK_MAGIC):len(CHUNK_MAGIC) + NONCE_BYTES]
-        return self._chunk.decrypt(nonce, blob[len(CHUNK_MAGIC) + NONCE_BYTES:],
-                                   name.encode())
+        try:
+            return self._chunk.decrypt(nonce, blob[len(CHUNK_MAGIC) + NONCE_BYTES:],
+                                       name.encode())
+        except _Invalid:
+            raise InvalidTag(f"chunk {name[:12]}.. failed authentication") from None
 
     def seal_manifest(self, body: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
@@ -95,10 +106,12 @@ class StoreCipher:
         if not hmac.compare_digest(payload[:KEY_ID_BYTES], self.key_id):
             raise ValueError("encrypted with a different key than "
                              "SNAPSTART_ENCRYPTION_KEY")
+        from cryptography.exceptions import InvalidTag as _Invalid
+
         nonce = payload[KEY_ID_BYTES:KEY_ID_BYTES + NONCE_BYTES]
         try:
             return self._manifest.decrypt(nonce, payload[KEY_ID_BYTES + NONCE_BYTES:], aad)
-        except InvalidTag:
+        except _Invalid:
             raise ValueError("encrypted body failed authentication (modified)") from None
 
 

@@ -10,7 +10,11 @@ import time
 
 MB = int(os.environ.get("MODEL_MB", "400"))
 _t0 = time.time()
-WEIGHTS = bytearray(os.urandom(MB << 20))
+WEIGHTS = bytearray(MB << 20)
+with open("/dev/urandom", "rb", buffering=0) as _f:     # filled in place: no second copy
+    _view = memoryview(WEIGHTS)
+    for _off in range(0, len(WEIGHTS), 1 << 24):
+        _f.readinto(_view[_off:_off + (1 << 24)])
 DIGEST = hashlib.sha256(WEIGHTS[: 1 << 20]).hexdigest()[:16]   # of the first MiB
 INIT_SECONDS = time.time() - _t0
 PAGES = len(WEIGHTS) // 4096
