@@ -38,7 +38,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import CheckpointError, DumpError, RestoreError
 
@@ -218,44 +218,45 @@ class Criu:
         return DumpResult(image_bytes=size)
 
     def spawn_worker(self, work_dir: Path, *, netns_fd: int, ctl_fd: int,
-                     cgroup=None, fork_in: Callable | None = None) -> "Worker":
-        """Start ``criu swrk`` for one restore, ahead of the request.
+                     pidns_fd: int = -1, cgroup=None) -> "Worker":
+        """Start ``criu swrk`` for one restore, ahead of the request, on the calling
+        thread (its namespaces: a restore slot's mount, IPC and UTS namespaces, where
+        CRIU restores the tree).
 
-        The worker inherits the clone's netns fd, its control socket end and its work
-        dir (pycriu forks without closing fds); with ``cgroup`` it is moved into the
-        clone's group, so every restored task is born inside the clone's limits.
-        ``fork_in(fn)`` runs the fork where swrk must live (the clone's new mount
-        namespace: CRIU restores the tree into its own).
+        The worker gets exactly the clone's netns fd, control socket end, PID
+        namespace fd and work dir, besides its RPC socket (``posix_spawn``-like, not a
+        fork of this big process); with ``cgroup`` it is moved into the clone's group,
+        so every restored task is born inside the clone's limits.
         """
         work_dir.mkdir(parents=True, exist_ok=True)
         client = self._client()
-        work_fd = os.open(work_dir, os.O_DIRECTORY)
-        fds = [work_fd, netns_fd, ctl_fd]
+        work_fd = os.open(work_dir, os.O_DIRECTORY | os.O_CLOEXEC)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        proc = None
         try:
-            # Only the fds of *this* clone may be inheritable while pycriu forks: an
-            # idle worker holding another clone's control socket would hide its death.
-            with _FORK_LOCK:
-                for fd in fds:
-                    os.set_inheritable(fd, True)
-                try:
-                    connect = lambda: client._comm.connect(False)  # noqa: E731
-                    client.sk = connect() if fork_in is None else fork_in(connect)
-                finally:
-                    for fd in fds:
-                        os.set_inheritable(fd, False)
-            worker = Worker(client=client, pid=client._comm.swrk, work_dir=work_dir,
-                            work_fd=work_fd, netns_fd=netns_fd, ctl_fd=ctl_fd)
-            with _WORKERS_LOCK:
-                _WORKERS.add(worker.pid)
+            fds = [fd for fd in (work_fd, netns_fd, ctl_fd, pidns_fd, theirs.fileno())
+                   if fd >= 0]
+            proc = subprocess.Popen([self.binary, "swrk", str(theirs.fileno())],
+                                    pass_fds=fds, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            theirs.close()
+            # pycriu's requests go to this worker; after the answer pycriu closes the
+            # socket and reaps it (_comm.disconnect)
+            client.sk = client._comm.sk = ours
+            client._comm.swrk = proc.pid
+            client._comm.daemon = False
+            worker = Worker(client=client, proc=proc, work_dir=work_dir, work_fd=work_fd,
+                            netns_fd=netns_fd, ctl_fd=ctl_fd, pidns_fd=pidns_fd)
             if cgroup is not None:
                 cgroup.add(worker.pid)
             return worker
         except BaseException as exc:
             os.close(work_fd)
-            if client.sk is not None:
-                client._comm.disconnect()
-                with _WORKERS_LOCK:
-                    _WORKERS.discard(client._comm.swrk)
+            ours.close()
+            theirs.close()
+            if proc is not None:
+                proc.kill()
+                proc.wait()
             if isinstance(exc, OSError):
                 raise RestoreError(f"cannot start criu swrk: {exc}") from exc
             raise
@@ -304,8 +305,7 @@ class Criu:
 
 
 
-_FORK_LOCK = threading.Lock()
-_WORKERS: set[int] = set()       # pids of live swrk workers (pycriu reaps those itself)
+_WORKERS: set[int] = set()       # pids of live swrk workers (Worker.close reaps them)
 _WORKERS_LOCK = threading.Lock()
 
 
@@ -407,14 +407,22 @@ def _comm_and_state(pid: int) -> tuple[str, str] | None:
 class Worker:
     """A ``criu swrk`` process waiting for exactly one restore request."""
 
-    client: object
-    pid: int
+    client: Any                # pycriu.criu, talking to this worker
+    proc: subprocess.Popen
     work_dir: Path
     work_fd: int
     netns_fd: int
     ctl_fd: int
     pidns_fd: int = -1         # the slot's PID namespace (owned by its InitProcess)
     closed: bool = False
+
+    def __post_init__(self) -> None:
+        with _WORKERS_LOCK:
+            _WORKERS.add(self.pid)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def close(self) -> None:
         """End the worker: it exits when its RPC socket closes; reap it."""
@@ -426,8 +434,10 @@ class Worker:
         except OSError:
             pass
         try:
-            self.client._comm.disconnect()   # closes the socket, waits for swrk
-        except (OSError, ChildProcessError):
+            sock = self.client.sk
+            (sock._sock if isinstance(sock, _SwrkSocket) else sock).close()
+        except (OSError, AttributeError):
             pass
+        self.proc.wait()
         with _WORKERS_LOCK:
             _WORKERS.discard(self.pid)

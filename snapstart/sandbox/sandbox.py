@@ -210,23 +210,17 @@ class RestoreSlot:
         cgroup = None
         init: list[InitProcess] = []
 
-        def in_ns(fork: Callable[[], object]) -> object:
-            # on the new mount namespace's thread, under the worker's fork lock
+        def in_ns() -> Worker:
+            # on the new namespaces' thread: snapinit, then criu swrk beside it
             init.append(InitProcess.start(owner))
-            os.set_inheritable(init[0].pidns_fd, True)
-            try:
-                return fork()
-            finally:
-                os.set_inheritable(init[0].pidns_fd, False)
+            return criu.spawn_worker(work_dir, netns_fd=netns.fd,
+                                     ctl_fd=netns.agent_sock.fileno(),
+                                     pidns_fd=init[0].pidns_fd, cgroup=cgroup)
 
         try:
             if cgroups:
                 cgroup = Cgroup.create(f"rs-{os.getpid()}-{netns.inode}", memory_mb=None)
-            worker = criu.spawn_worker(work_dir, netns_fd=netns.fd,
-                                       ctl_fd=netns.agent_sock.fileno(), cgroup=cgroup,
-                                       fork_in=lambda fork: mountns.run_in_new(
-                                           fs, lambda: in_ns(fork), ipc_uts=True))
-            worker.pidns_fd = init[0].pidns_fd
+            worker = mountns.run_in_new(fs, in_ns, ipc_uts=True)
         except BaseException:
             netns.close()
             for i in init:
