@@ -64,7 +64,8 @@ def main() -> None:
             if i == 1 and args.one_line_change:
                 app = code / "app.py"
                 app.write_text(app.read_text().replace("init ran", "init ran (v2)"))
-            spec = runtime_spec(cfg, settings, code_dir=code, packages_dir=None, version="1",
+            spec = runtime_spec(cfg, settings, identity=settings.uid_range[:1] * 2, code_dir=code,
+                                packages_dir=None, version="1",
                                 snap_start=True, hash_seed=12345)
             sb = Sandbox.spawn(spec, deterministic=True, hash_seed=12345)
             sb.wait_init(30)

@@ -14,11 +14,10 @@ Environment variables read by ``Settings.from_env``:
                             dirs (default ``/dev/shm/snapstart``)
 - ``SNAPSTART_REGION``     the AWS region reported to functions (default us-east-1)
 - ``SNAPSTART_ENDPOINT``   Invoke API endpoint used by ``snapstart invoke``
-- ``SNAPSTART_SANDBOX_UID`` / ``SNAPSTART_SANDBOX_GID``  the unprivileged identity
-                            functions run as (default 993/993; 0 runs them as root)
+- ``SNAPSTART_UID_RANGE``  ``LO-HI``: each function runs as its own uid == gid from
+                            this range (default 800000-899999; identities.py)
 
-As root the default home is ``/var/lib/snapstart``: functions run as an unprivileged
-user that must be able to reach their code, and ``/root`` is mode 0700.
+As root the default home is ``/var/lib/snapstart``.
 """
 
 from __future__ import annotations
@@ -98,8 +97,7 @@ class Settings:
     region: str = "us-east-1"
     endpoint: str | None = None
     account_id: str = "000000000000"
-    sandbox_uid: int = 993
-    sandbox_gid: int = 993
+    uid_range: tuple[int, int] = (800000, 899999)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -107,19 +105,18 @@ class Settings:
         default_home = (Path("/var/lib/snapstart") if os.geteuid() == 0
                         else Path.home() / ".snapstart")
         home = Path(env.get("SNAPSTART_HOME") or default_home).expanduser()
-        try:
-            uid = int(env.get("SNAPSTART_SANDBOX_UID") or 993)
-            gid = int(env.get("SNAPSTART_SANDBOX_GID") or uid)
-        except ValueError as exc:
-            raise ConfigError(f"SNAPSTART_SANDBOX_UID/GID must be integers: {exc}") from None
+        if env.get("SNAPSTART_SANDBOX_UID") or env.get("SNAPSTART_SANDBOX_GID"):
+            raise ConfigError("SNAPSTART_SANDBOX_UID/GID are gone: every function runs as its "
+                              "own uid; set SNAPSTART_UID_RANGE=LO-HI instead")
+        from .identities import parse_range
+        uid_range = parse_range(env.get("SNAPSTART_UID_RANGE"))
         return cls(
             home=home.resolve(),
             criu=env.get("SNAPSTART_CRIU") or _default_criu(),
             shm=Path(env.get("SNAPSTART_SHM") or "/dev/shm/snapstart"),
             region=env.get("SNAPSTART_REGION") or env.get("AWS_REGION") or "us-east-1",
             endpoint=env.get("SNAPSTART_ENDPOINT") or None,
-            sandbox_uid=uid,
-            sandbox_gid=gid,
+            uid_range=uid_range,
         )
 
     def function_arn(self, name: str, qualifier: str | None = None) -> str:

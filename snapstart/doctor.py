@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Settings
+from .errors import ConfigError
 
 __all__ = ["Check", "run_checks"]
 
@@ -67,6 +68,30 @@ def run_checks(settings: Settings) -> list[Check]:
     if version:
         ok, detail = criu.check()
         checks.append(Check("criu check", ok, detail, _FIX_CRIU))
+        try:
+            import pycriu
+            maps = "mmap_page_image" in pycriu.rpc.criu_opts.DESCRIPTOR.fields_by_name
+        except Exception:  # noqa: BLE001 - reported, not raised
+            maps = False
+        checks.append(Check("restore maps pages", maps,
+                            "restores map private memory from the page images "
+                            "(patch 0003)" if maps else
+                            "this CRIU copies every page at restore: restore time grows "
+                            "with the image", "`make criu` (scripts/criu-patches)", hard=False))
+    from .config import CRIU_RUNDIR
+    from .sandbox.cgroups import kernel_at_least
+
+    dynmods = Path(CRIU_RUNDIR) / "favordynmods"
+    if not kernel_at_least(6, 18):
+        checks.append(Check("cheap cgroup migration", False,
+                            f"kernel {platform.release()} < 6.18: each restore slot's "
+                            "migration waits an RCU grace period (~10 ms, off the path with "
+                            "prepared slots)", "Linux >= 6.18", hard=False))
+    else:
+        checks.append(Check("cheap cgroup migration", True,
+                            "favordynmods on (this boot)" if dynmods.exists() else
+                            "favordynmods is switched on by the first manager this boot "
+                            "(one-way, host-wide: sandbox/cgroups.py)"))
     kdat = list(Path("/dev/shm").glob("snapstart-criu-run/criu.kdat")) + \
         list(Path("/run").glob("criu.kdat"))
     on_tmpfs = any(_fstype(p) == "tmpfs" for p in kdat)   # /run is tmpfs on some hosts
@@ -104,15 +129,24 @@ def run_checks(settings: Settings) -> list[Check]:
     import sys
 
     from .runtimes import SITECUSTOMIZE_DIR, unreachable
-    uid, gid = settings.sandbox_uid, settings.sandbox_gid
-    blocked = [p for p in (Path(sys.executable), SITECUSTOMIZE_DIR, settings.home)
-               if p.exists() and unreachable(p, uid, gid) is not None]
-    checks.append(Check("sandbox user", uid != 0 and not blocked,
-                        f"functions run as uid {uid}" if uid and not blocked else
-                        ("functions run as root (SNAPSTART_SANDBOX_UID=0)" if uid == 0 else
-                         f"uid {uid} cannot reach {blocked[0]}: functions would run as root"),
-                        "build the venv with `make` (Debian's /usr/bin/python3) and keep "
-                        "SNAPSTART_HOME under traversable directories", hard=False))
+    from .identities import Identities
+
+    lo, hi = settings.uid_range
+    # a function's uid owns nothing outside its code: what it needs must be reachable
+    # through "other" permission bits (a uid of the range that is nobody's)
+    blocked = [p for p in (Path(sys.executable), SITECUSTOMIZE_DIR)
+               if p.exists() and unreachable(p, hi, hi) is not None]
+    try:
+        allocated = len(Identities(settings.home, settings.uid_range).all())
+        ledger = f"{allocated} allocated"
+    except ConfigError as exc:
+        blocked.append(Path(str(exc)))
+        ledger = "ledger unreadable"
+    checks.append(Check("function identities", not blocked,
+                        f"one uid per function from {lo}-{hi} ({ledger}); never root"
+                        if not blocked else f"a function's uid cannot reach {blocked[0]}: "
+                        "its functions would be refused",
+                        "build the venv with `make` (Debian's /usr/bin/python3)", hard=False))
     return checks
 
 

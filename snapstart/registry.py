@@ -15,9 +15,16 @@ Layout::
       store/                       the snapshot store (snapstart.store)
 
 Permissions: the home and the directories down to a version are 0711 (traversable,
-not listable); code and packages are owned by the sandbox group, 0750/0640, never
-world-readable: functions run as an unprivileged user (config.Settings.sandbox_uid)
-that must read its own code and nothing else here. The store stays 0700.
+not listable); each function runs as its own uid == gid (identities.py, ledger
+``identities.json``); its code and packages are group-owned by that gid, 0750/0640,
+never world-readable, so a function reads its own code and no other's. The JSON files
+(config, versions, aliases) are root-only (0600): they hold the environment variables,
+which are sealed with the store's key (AES-256-GCM, associated data
+``b"snapstart-env\0" + name``) when encryption is on::
+
+    "environment": {"sealed": "<base64 of key id | nonce | ciphertext | tag>"}
+
+The store stays 0700.
 
 A version is visible once ``version.json`` exists and ``.incomplete`` does not; the
 code must live at its final path *before* the checkpoint, because the restored
@@ -39,6 +46,7 @@ from typing import Iterator
 
 from .config import FunctionConfig, Settings, validate_alias, validate_name
 from .errors import ConfigError, FunctionNotFoundError, InvalidNameError, StoreError
+from .identities import Identities
 
 __all__ = ["Registry", "VersionInfo", "LATEST"]
 
@@ -54,11 +62,19 @@ class VersionInfo:
     code_dir: Path
     packages_dir: Path | None
     snapshot: dict | None        # publish facts (None for $LATEST)
+    uid: int = -1                # the function's identity (identities.py); gid == uid
+
+    @property
+    def identity(self) -> tuple[int, int]:
+        return self.uid, self.uid
 
 
 def _write_json(path: Path, data: dict) -> None:
+    """Atomically, root-only (0600): these files hold environment variables."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data, indent=1, sort_keys=True))
     os.replace(tmp, path)
 
 
@@ -66,6 +82,8 @@ class Registry:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.root = settings.home / "functions"
+        self.identities = Identities(settings.home, settings.uid_range)
+        self._cipher_state: tuple[object | None] | None = None
         # resolve() is on every invoke's path: cache it, validated by the mtimes of
         # what can change it (three stat calls instead of reading JSON files).
         self._cache: dict[tuple[str, str | None], tuple[tuple, VersionInfo]] = {}
@@ -82,9 +100,64 @@ class Registry:
             p.mkdir(mode=0o711, exist_ok=True)
             os.chmod(p, 0o711)
 
-    def share_with_sandbox(self, path: Path) -> None:
-        """Make a code tree readable by the sandbox group only."""
-        gid = self.settings.sandbox_gid
+    # ---- identities and secrets ------------------------------------------------
+    def identity(self, name: str) -> tuple[int, int]:
+        """The function's (uid, gid), allocated on first use. A function created
+        before identities existed gets one now and its code trees are re-shared."""
+        found = self.identities.get(name)
+        if found is not None:
+            return found
+        ident, new = self.identities.ensure(validate_name(name))
+        if new:
+            fdir = self._fdir(name)
+            trees = [fdir / "latest" / "code"] + [
+                v / sub for v in sorted((fdir / "versions").glob("[0-9]*"))
+                for sub in ("code", "packages")]
+            for tree in trees:
+                if tree.is_dir():
+                    self.share_with_sandbox(tree, ident[1])
+            for js in [fdir / "aliases.json", fdir / "latest" / "config.json",
+                       *fdir.glob("versions/*/version.json")]:
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(js, 0o600)
+        return ident
+
+    def _cipher(self):
+        """The store's cipher when encryption is on (read from the environment once)."""
+        if self._cipher_state is None:
+            from .store.crypto import StoreCipher, encryption_key_from_env
+            key = encryption_key_from_env(os.environ)
+            self._cipher_state = (StoreCipher(key) if key is not None else None,)
+        return self._cipher_state[0]
+
+    def _config_out(self, config: FunctionConfig) -> dict:
+        data = config.to_dict()
+        cipher = self._cipher()
+        if cipher is not None and data.get("environment"):
+            import base64
+            body = json.dumps(data["environment"], sort_keys=True).encode()
+            sealed = cipher.seal_manifest(body, b"snapstart-env\0" + config.name.encode())
+            data["environment"] = {"sealed": base64.b64encode(sealed).decode()}
+        return data
+
+    def _config_in(self, name: str, data: dict) -> FunctionConfig:
+        env = data.get("environment")
+        if isinstance(env, dict) and set(env) == {"sealed"} and isinstance(env["sealed"], str):
+            cipher = self._cipher()
+            if cipher is None:
+                raise ConfigError(f"the environment of {name} is encrypted: set "
+                                  "SNAPSTART_ENCRYPTION_KEY (or _KEY_FILE) to use it")
+            import base64
+            try:
+                body = cipher.open_manifest(base64.b64decode(env["sealed"]),
+                                            b"snapstart-env\0" + name.encode())
+            except ValueError as exc:
+                raise ConfigError(f"cannot open the environment of {name}: {exc}") from None
+            data = dict(data, environment=json.loads(body))
+        return FunctionConfig.from_dict(data)
+
+    def share_with_sandbox(self, path: Path, gid: int) -> None:
+        """Make a code tree readable by its function's group only."""
         for root, dirs, files in os.walk(path):
             os.chown(root, -1, gid)
             os.chmod(root, 0o750)
@@ -123,17 +196,18 @@ class Registry:
             raise ConfigError(f"function code directory {code_src} does not exist")
         latest = self._fdir(config.name) / "latest"
         self._mkdirs(latest)
+        gid = self.identity(config.name)[1]
         staging = latest / f".code.{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         _copy_code(code_src, staging)
-        self.share_with_sandbox(staging)
+        self.share_with_sandbox(staging, gid)
         old = latest / "code.old"
         shutil.rmtree(old, ignore_errors=True)
         if (latest / "code").exists():
             os.replace(latest / "code", old)
         os.replace(staging, latest / "code")
         shutil.rmtree(old, ignore_errors=True)
-        _write_json(latest / "config.json", config.to_dict())
+        _write_json(latest / "config.json", self._config_out(config))
 
     def latest(self, name: str) -> VersionInfo:
         latest = self._fdir(name) / "latest"
@@ -142,8 +216,9 @@ class Registry:
         except FileNotFoundError:
             raise FunctionNotFoundError(f"Function not found: {self.settings.function_arn(name)}") \
                 from None
-        return VersionInfo(name=name, version=LATEST, config=FunctionConfig.from_dict(data),
-                           code_dir=latest / "code", packages_dir=None, snapshot=None)
+        return VersionInfo(name=name, version=LATEST, config=self._config_in(name, data),
+                           code_dir=latest / "code", packages_dir=None, snapshot=None,
+                           uid=self.identity(name)[0])
 
     # ---- versions ----------------------------------------------------------------
     def allocate_version(self, name: str) -> tuple[int, Path]:
@@ -176,7 +251,7 @@ class Registry:
 
     def commit_version(self, name: str, n: int, config: FunctionConfig, snapshot: dict) -> None:
         vdir = self._fdir(name) / "versions" / str(n)
-        _write_json(vdir / "version.json", {"config": config.to_dict(), "snapshot": snapshot,
+        _write_json(vdir / "version.json", {"config": self._config_out(config), "snapshot": snapshot,
                                             "created": time.time()})
         (vdir / ".incomplete").unlink()
         os.utime(vdir.parent)   # invalidates resolve() caches (here and in other processes)
@@ -202,10 +277,10 @@ class Registry:
             raise FunctionNotFoundError(
                 f"Function not found: {self.settings.function_arn(name, str(n))}") from None
         packages = vdir / "packages"
-        return VersionInfo(name=name, version=str(n), config=FunctionConfig.from_dict(data["config"]),
+        return VersionInfo(name=name, version=str(n), config=self._config_in(name, data["config"]),
                            code_dir=vdir / "code",
                            packages_dir=packages if packages.is_dir() else None,
-                           snapshot=data.get("snapshot"))
+                           snapshot=data.get("snapshot"), uid=self.identity(name)[0])
 
     def remove_version(self, name: str, n: int) -> None:
         with self.lock(name):

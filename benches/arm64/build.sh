@@ -4,7 +4,8 @@
 # wheels from PyPI downloaded on the host (the VM has no network).
 #
 #   rootfs/           debootstrap --arch=arm64 bookworm (qemu-user-static via binfmt):
-#                     python3, python3-venv, criu 3.17 (ships pycriu), busybox-static;
+#                     python3, python3-venv, criu 3.17 (ships pycriu), busybox-static,
+#                     gcc + libc6-dev + make (the guest builds snapinit and the agent);
 #                     /opt/venv with snapstart's and the bench functions' deps
 #                     installed offline from /opt/wheels (in a chroot)
 #   kernel/           Debian's linux-image-*-arm64 unpacked (vmlinuz + modules)
@@ -63,7 +64,7 @@ if ! done_ debootstrap; then
     say "debootstrap $SUITE arm64 from $MIRROR (first run only, ~5 min here)"
     rm -rf "$ROOTFS" "$CACHE/rootfs.tmp"
     debootstrap --arch=arm64 --variant=minbase \
-        --include=python3,python3-venv,criu,busybox-static,kmod,iproute2,procps \
+        --include=python3,python3-venv,criu,busybox-static,kmod,iproute2,procps,gcc,libc6-dev,make \
         "$SUITE" "$CACHE/rootfs.tmp" "$MIRROR" > "$CACHE/debootstrap.log" 2>&1 \
         || { tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
     mv "$CACHE/rootfs.tmp" "$ROOTFS"

@@ -54,6 +54,10 @@ export PIP_NO_INDEX=1 PIP_FIND_LINKS=/opt/wheels PIP_DISABLE_PIP_VERSION_CHECK=1
 export BENCH_EMULATED=1 BENCH_ARCH_LABEL="aarch64 (QEMU TCG, emulated)"
 
 cd /opt/snapstart
+# snapinit and the agent for aarch64 (`make native`; its apt stamp is the rootfs's
+# build-time packages: the guest has no network)
+mkdir -p .snapstart/stamps && touch .snapstart/stamps/apt
+make -s native >&2 || { echo "guest: make native failed" >&2; exit 1; }
 echo "guest: criu $(criu --version | head -1); criu check: $(criu check 2>&1 | tail -1)" >&2
 snapstart doctor >&2 || echo "guest: snapstart doctor reported problems" >&2
 python benches/run.py --n "$BENCH_N" --functions "$BENCH_FUNCTIONS" --burst "$BENCH_BURST" \

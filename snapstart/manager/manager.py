@@ -58,7 +58,7 @@ from .publisher import Publisher, PublishResult, sandbox_fs
 from .slots import SlotPool, discard
 
 __all__ = ["Manager", "PublishResult", "MAX_SYNC_PAYLOAD", "check_payload",
-           "check_agent_protocol"]
+           "check_agent_protocol", "check_identity"]
 
 log = logging.getLogger("snapstart.manager")
 MAX_SYNC_PAYLOAD = 6 * 1024 * 1024
@@ -88,6 +88,17 @@ def check_agent_protocol(label: str, meta: dict) -> None:
             f"{label}: its agent speaks control protocol {version or 1} (published by "
             f"{made_by}); this snapstart speaks {sorted(protocol.SUPPORTED)}: publish the "
             "function again")
+
+
+def check_identity(label: str, info: VersionInfo) -> None:
+    """Refuse a snapshot whose frozen credentials are not its function's identity
+    (published before identities, or the ledger was replaced): it would run as
+    another uid than its function's clones."""
+    frozen = info.snapshot.get("uid") if info.snapshot else None
+    if frozen != info.uid:
+        raise SnapshotIncompatibleError(
+            f"{label}: its snapshot runs as uid {frozen if frozen is not None else '(unknown)'}"
+            f", the function's identity is uid {info.uid}: publish the function again")
 
 
 def _default_concurrency() -> int:
@@ -299,6 +310,7 @@ class Manager:
                 manifest, images = self.store.materialized(info.name, n)
                 self.store.check_compatible(manifest, criu_version=self.criu.version())
                 check_agent_protocol(f"{info.name}:{n}", manifest.meta)
+                check_identity(f"{info.name}:{n}", info)
             finally:
                 pool.shutdown(wait=True)
             slot = pending.result()
@@ -334,7 +346,8 @@ class Manager:
 
     def _cold(self, info: VersionInfo, key: Key, req: InvokeRequest,
               notes: list[str]) -> InvokeResult:
-        spec = runtime_spec(info.config, self.settings, code_dir=info.code_dir,
+        spec = runtime_spec(info.config, self.settings, identity=info.identity,
+                            code_dir=info.code_dir,
                             packages_dir=info.packages_dir, version=info.version,
                             snap_start=False)
         t0 = time.monotonic()

@@ -85,17 +85,18 @@ class Publisher:
         staging = self.settings.shm / "staging" / private_name()
         try:
             packages = None
+            identity = self.registry.identity(config.name)
             try:
                 shutil.copytree(self.registry.latest(config.name).code_dir, vdir / "code",
                                 symlinks=True)
                 packages = self._install_requirements(vdir)
                 for tree in (vdir / "code", packages):
                     if tree is not None:
-                        self.registry.share_with_sandbox(tree)
+                        self.registry.share_with_sandbox(tree, identity[1])
             except OSError as exc:
                 raise PublishError(f"cannot prepare the function's code: {exc}") from exc
             seed = self._hash_seed(store, config.name)
-            spec = runtime_spec(config, self.settings, code_dir=vdir / "code",
+            spec = runtime_spec(config, self.settings, identity=identity, code_dir=vdir / "code",
                                 packages_dir=packages, version=str(n), snap_start=True,
                                 log_stream=f"publish/{n}", hash_seed=seed)
             t0 = time.monotonic()
@@ -127,6 +128,8 @@ class Publisher:
                         # the agent frozen in the image speaks this (bootstrap.protocol)
                         "agent_protocol": sandbox.protocol_version,
                         "agent_layout": sandbox.layout,
+                        # the credentials frozen in the image (identities.py)
+                        "uid": spec.uid, "gid": spec.gid,
                         "snapstart_version": __version__}
             meta = {"config": config.to_dict(), "runtime": config.runtime,
                     "python": sys.version.split()[0], **snapshot}

@@ -69,12 +69,13 @@ class RuntimeSpec:
         return [self.argv[0], "-m", INPROC_LAUNCHER, "--ctl-fd", str(ctl_fd)]
 
 
-def runtime_spec(config: FunctionConfig, settings: Settings, *, code_dir: Path,
-                 packages_dir: Path | None, version: str, snap_start: bool,
+def runtime_spec(config: FunctionConfig, settings: Settings, *, identity: tuple[int, int],
+                 code_dir: Path, packages_dir: Path | None, version: str, snap_start: bool,
                  log_stream: str = "", hash_seed: int | None = None) -> RuntimeSpec:
     """The runtime's launch, in the paths a sandbox sees (mountns.py): the code at
     /var/task, its packages at /var/packages, the runtime under /var/runtime.
-    ``code_dir``/``packages_dir`` are the host directories mounted there."""
+    ``code_dir``/``packages_dir`` are the host directories mounted there;
+    ``identity`` the function's (uid, gid) (Registry.identity)."""
     init_type = "snap-start" if snap_start else "on-demand"
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -126,7 +127,7 @@ def runtime_spec(config: FunctionConfig, settings: Settings, *, code_dir: Path,
     # inproc: what PID 2 execs with, before it confines itself: snapstart's own
     # variables, and PYTHONPATH holding only snapstart's directory (sitecustomize).
     exec_env = dict(env, PYTHONPATH=sandbox_path(SITECUSTOMIZE_DIR)) if pythonpath else {}
-    uid, gid = sandbox_identity(settings, [(code_dir, code_dir)]
+    uid, gid = sandbox_identity(identity, [(code_dir, code_dir)]
                                 + ([(packages_dir, packages_dir)] if packages_dir else [])
                                 + [(_mount_root(p), p) for p in reach])
     # node (aws-lambda-ric 3.x) and provided have no restore/next: see their modules.
@@ -171,12 +172,13 @@ def unreachable(path: Path, uid: int, gid: int, base: Path | None = None) -> Pat
     return None
 
 
-def sandbox_identity(settings: Settings, paths: list[tuple[Path, Path]]) -> tuple[int, int]:
-    """(uid, gid) the runtime runs as. ``paths``: (mount root, path) pairs the
-    identity must reach inside the sandbox. Fails closed: never root."""
-    uid, gid = settings.sandbox_uid, settings.sandbox_gid
-    if uid == 0 or gid == 0:
-        raise ConfigError("functions never run as root: SNAPSTART_SANDBOX_UID/GID must not be 0")
+def sandbox_identity(identity: tuple[int, int],
+                     paths: list[tuple[Path, Path]]) -> tuple[int, int]:
+    """(uid, gid) the runtime runs as: the function's own. ``paths``: (mount root,
+    path) pairs the identity must reach inside the sandbox. Fails closed: never root."""
+    uid, gid = identity
+    if uid <= 0 or gid <= 0:
+        raise ConfigError(f"functions never run as root (identity {uid}/{gid} refused)")
     for base, path in paths:
         blocked = unreachable(path, uid, gid, base)
         if blocked is not None:

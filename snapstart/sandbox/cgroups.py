@@ -35,7 +35,7 @@ from pathlib import Path
 
 from ..errors import SandboxError
 
-__all__ = ["Cgroup", "cgroup_mode", "sweep_stale", "favor_dynmods", "PIDS_MAX"]
+__all__ = ["Cgroup", "cgroup_mode", "sweep_stale", "favor_dynmods", "kernel_at_least", "PIDS_MAX"]
 
 ROOT = Path("/sys/fs/cgroup")
 PARENT = "snapstart"
@@ -55,7 +55,7 @@ def cgroup_mode() -> str:
     return "none"
 
 
-def _kernel_at_least(major: int, minor: int) -> bool:
+def kernel_at_least(major: int, minor: int) -> bool:
     try:
         parts = os.uname().release.split(".")
         return (int(parts[0]), int(parts[1].split("-")[0])) >= (major, minor)
@@ -70,7 +70,7 @@ def favor_dynmods(marker: Path) -> str:
     "on" (done now or before), or why not ("kernel < 6.18", the mount's error)."""
     if marker.exists():
         return "on"
-    if not _kernel_at_least(6, 18):
+    if not kernel_at_least(6, 18):
         return "kernel < 6.18: migrations wait an RCU grace period"
     import ctypes
     import tempfile

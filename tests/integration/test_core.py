@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from snapstart.errors import FunctionNotFoundError, PublishError
+from snapstart.errors import ConfigError, FunctionNotFoundError, PublishError
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_criu]
 
@@ -199,9 +199,9 @@ def test_runtime_is_confined(manager, publish, settings):
     """no_new_privs, seccomp filter, no capabilities, and an unprivileged uid/gid:
     never root (the sandbox reaches its code through bind mounts, whatever the
     modes of the host directories above it)."""
-    expected = (settings.sandbox_uid, settings.sandbox_gid)
-    assert 0 not in expected
     publish("hello")
+    expected = manager.registry.identity("hello")
+    assert 0 not in expected
     for result in (manager.invoke("hello", force_new=True),
                    manager.invoke("hello", no_snapshot=True, force_new=True)):
         out = _payload(result)
@@ -213,8 +213,10 @@ def test_runtime_is_confined(manager, publish, settings):
 
 
 def test_encrypted_snapshot_restores_and_hides_secrets(settings, monkeypatch):
-    """SNAPSTART_ENCRYPTION_KEY: chunks and manifest are AES-GCM at rest; a restore
-    works with the key; without it the invoke falls back to a cold start."""
+    """SNAPSTART_ENCRYPTION_KEY: chunks, manifest and the registry's environment
+    variables are AES-GCM at rest; a restore works with the key; without it the
+    function's environment cannot be opened: a clear error, not a start without its
+    secrets."""
     from pathlib import Path
 
     from snapstart.config import FunctionConfig
@@ -228,12 +230,11 @@ def test_encrypted_snapshot_restores_and_hides_secrets(settings, monkeypatch):
             name="hello", handler="app.handler", environment={"DB_PASSWORD": secret}))
         result = manager.invoke("hello", force_new=True)
         assert result.start_type == "restored"
-    for path in (settings.home / "store").rglob("*"):
+    for path in settings.home.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
     monkeypatch.delenv("SNAPSTART_ENCRYPTION_KEY")
     with Manager(settings) as manager:
         manager.store.clear_l1()
-        fallback = manager.invoke("hello", force_new=True)
-        assert fallback.start_type == "cold"
-        assert any("encrypted" in note for note in fallback.notes)
+        with pytest.raises(ConfigError, match="encrypted"):
+            manager.invoke("hello", force_new=True)

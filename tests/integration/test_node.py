@@ -27,10 +27,10 @@ def test_node_spec_checkpoints_at_first_next_with_preload_only_for_snap_start(tm
                             **NODE)
     tmp_path.chmod(0o755)                        # the code dir, as publish shares it
     settings = Settings.from_env({"SNAPSTART_HOME": str(tmp_path)})
-    snap = runtime_spec(config, settings, code_dir=tmp_path, packages_dir=None, version="1",
-                        snap_start=True)
-    cold = runtime_spec(config, settings, code_dir=tmp_path, packages_dir=None, version="1",
-                        snap_start=False)
+    common = dict(identity=(800000, 800000), code_dir=tmp_path, packages_dir=None,
+                  version="1")
+    snap = runtime_spec(config, settings, snap_start=True, **common)
+    cold = runtime_spec(config, settings, snap_start=False, **common)
     assert snap.snapshot_on_next and cold.snapshot_on_next
     assert snap.argv[1].endswith("aws-lambda-ric/bin/index.mjs") and snap.argv[2] == "index.handler"
     assert snap.env["UV_USE_IO_URING"] == cold.env["UV_USE_IO_URING"] == "0"
