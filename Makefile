@@ -17,7 +17,7 @@ APT_PACKAGES := build-essential pkg-config libprotobuf-c-dev protobuf-c-compiler
 	libgnutls28-dev libnftables-dev libaio-dev uuid-dev iproute2 util-linux \
 	python3-venv xz-utils
 
-.PHONY: all setup deps criu snapinit native venv demo test unit integration bench doctor clean distclean
+.PHONY: all setup deps criu snapinit native venv demo test typecheck unit integration bench doctor clean distclean
 
 all: setup
 
@@ -78,7 +78,7 @@ $(STAMPS)/venv: pyproject.toml $(CRIU_PREFIX)/.built $(STATE)/snapinit \
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
 	# pycriu from the same CRIU tree, importable from the venv.
 	echo "$(CRIU_PREFIX)/lib/python" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/snapstart-pycriu.pth
-	$(PY) -c 'import pycriu, awslambdaric, pyroute2, msgpack, zstandard, click, h11; print("venv ok, pycriu", pycriu.__version__)'
+	$(PY) -c 'import pycriu, awslambdaric, pyroute2, msgpack, zstandard, click; print("venv ok, pycriu", pycriu.__version__)'
 	@# Bytecode ahead of time: this machine's environment sets PYTHONDONTWRITEBYTECODE,
 	@# and compiling pycriu's protobuf modules and the package costs ~120 ms per CLI call.
 	$(PY) -m compileall -q -j0 snapstart bootstrap $(CRIU_PREFIX)/lib/python \
@@ -99,9 +99,13 @@ unit: venv
 integration: venv
 	$(PY) -m pytest -q tests/integration
 
-test: venv node-ric
+test: venv node-ric typecheck
 	$(VENV)/bin/snapstart doctor
 	$(PY) -m pytest -q -ra tests
+
+# mypy over snapstart/ and bootstrap/ (config: [tool.mypy] in pyproject.toml)
+typecheck: venv
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(STAMPS) build *.egg-info

@@ -7,30 +7,61 @@ payload is Lambda's error shape, and the exit code is 0.
 
 from __future__ import annotations
 
-import base64
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .errors import SnapStartError
 
+if TYPE_CHECKING:
+    from .results import InvokeResult
+
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 class _Group(click.Group):
+    """The CLI's error boundary: every command ends in one line on stderr and an exit
+    code (1: the request failed, e.g. unknown function, bad input, I/O error; 2: a
+    bug in snapstart); a traceback only with ``--debug``."""
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except SnapStartError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            click.echo(f"snapstart: error: {exc.error_type}: {exc.message}", err=True)
-            ctx.exit(1)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
         except KeyboardInterrupt:
             click.echo("snapstart: interrupted", err=True)
             ctx.exit(130)
+        except Exception as exc:  # noqa: BLE001 - the boundary
+            if ctx.obj and ctx.obj.get("debug"):     # set by main() once it ran
+                raise
+            click.echo(f"snapstart: error: {_one_line(exc)}", err=True)
+            ctx.exit(1 if _expected(exc) else 2)
+
+
+def _expected(exc: BaseException) -> bool:
+    """Errors of the request or the machine, not bugs in snapstart."""
+    import sqlite3
+
+    from .invoke_api.errors import ApiError
+    return isinstance(exc, (SnapStartError, ApiError, OSError, sqlite3.Error))
+
+
+def _one_line(exc: BaseException) -> str:
+    from .invoke_api.errors import ApiError
+    if isinstance(exc, (SnapStartError, ApiError)):
+        text = f"{exc.error_type}: {exc.message}"
+    elif isinstance(exc, OSError) and exc.filename:
+        text = f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+    elif _expected(exc):
+        text = f"{type(exc).__name__}: {exc}"
+    else:
+        text = (f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the "
+                "traceback)")
+    return " ".join(text.split())
 
 
 @click.group(cls=_Group, context_settings=CONTEXT)
@@ -144,10 +175,12 @@ def invoke(ref: str, payload: str | None, payload_file, log_type: str, no_snapsh
     body = payload_file.read() if payload_file else (payload or "{}").encode()
     name, qualifier = parse_ref(ref)
     invoke_ms: dict[str, float] = {}      # request sent -> response, in this process
+    results: list[InvokeResult | SnapStartError]
     if endpoint:
         from .invoke_api.client import invoke_remote
-        results = [invoke_remote(endpoint, name, qualifier, body, tail=log_type == "Tail")]
-        version, memory = results[0].executed_version, 0
+        remote = invoke_remote(endpoint, name, qualifier, body, tail=log_type == "Tail")
+        results = [remote]
+        version, memory = remote.executed_version, 0
     else:
         import time
 
@@ -170,28 +203,28 @@ def invoke(ref: str, payload: str | None, payload_file, log_type: str, no_snapsh
                     results.append(result)
     rows = []
     failures = 0
-    for result in results:
-        if isinstance(result, SnapStartError):
+    for item in results:
+        if isinstance(item, SnapStartError):
             failures += 1
-            click.echo(f"snapstart: error: {result.error_type}: {result.message}", err=True)
-            rows.append({"error": result.to_lambda()})
+            click.echo(f"snapstart: error: {item.error_type}: {item.message}", err=True)
+            rows.append({"error": item.to_lambda()})
             continue
         if memory:
-            _report(result, version, memory)
-        row = _result_dict(result)
-        if result.request_id in invoke_ms:
-            row["invoke_ms"] = round(invoke_ms[result.request_id], 3)
+            _report(item, version, memory)
+        row = _result_dict(item)
+        if item.request_id in invoke_ms:
+            row["invoke_ms"] = round(invoke_ms[item.request_id], 3)
         if log_type == "Tail":
-            row["logs"] = result.logs[-4096:].decode("utf-8", "replace")
+            row["logs"] = item.logs[-4096:].decode("utf-8", "replace")
             if not as_json:
                 click.echo(row["logs"], err=True, nl=False)
         rows.append(row)
     if as_json:
         click.echo(json.dumps(rows if (clones or repeat > 1) else rows[0]))
     else:
-        for result in results:
-            if not isinstance(result, SnapStartError):
-                click.echo(result.payload.decode("utf-8", "replace"))
+        for item in results:
+            if not isinstance(item, SnapStartError):
+                click.echo(item.payload.decode("utf-8", "replace"))
     if failures:
         sys.exit(1)
 
@@ -267,7 +300,8 @@ def snapshots_verify(ref: str | None) -> None:
     """Re-hash everything; report damage; exit 1 on any."""
     from .registry import parse_ref
     name, version = (parse_ref(ref) if ref else (None, None))
-    if version is not None and not (version.isascii() and version.isdigit()):
+    if name is not None and version is not None and not (version.isascii()
+                                                         and version.isdigit()):
         from .registry import Registry
         version = Registry(_settings()).resolve(name, version).version
     damage = _store().verify(name, int(version) if version else None)
@@ -379,10 +413,6 @@ def events_ls(failed: bool, as_json: bool) -> None:
         qual = f":{row['qualifier']}" if row["qualifier"] else ""
         extra = row["error"] or ""
         click.echo(f"{row['id']}\t{row['function']}{qual}\tattempts={row['attempts']}\t{extra}")
-
-
-def _b64(data: bytes) -> str:  # pragma: no cover - used by serve/logs
-    return base64.b64encode(data).decode()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,7 +13,8 @@ Environment variables read by ``Settings.from_env``:
 - ``SNAPSTART_SHM``        tmpfs directory for materialized images and CRIU work
                             dirs (default ``/dev/shm/snapstart``)
 - ``SNAPSTART_REGION``     the AWS region reported to functions (default us-east-1)
-- ``SNAPSTART_ENDPOINT``   Invoke API endpoint used by ``snapstart invoke``
+- ``SNAPSTART_ENDPOINT``   Invoke API endpoint used by ``snapstart invoke`` (read by
+                            the CLI's ``--endpoint`` option)
 - ``SNAPSTART_UID_RANGE``  ``LO-HI``: each function runs as its own uid == gid from
                             this range (default 800000-899999; identities.py)
 
@@ -95,7 +96,6 @@ class Settings:
     criu: str
     shm: Path
     region: str = "us-east-1"
-    endpoint: str | None = None
     account_id: str = "000000000000"
     uid_range: tuple[int, int] = (800000, 899999)
 
@@ -115,7 +115,6 @@ class Settings:
             criu=env.get("SNAPSTART_CRIU") or _default_criu(),
             shm=Path(env.get("SNAPSTART_SHM") or "/dev/shm/snapstart"),
             region=env.get("SNAPSTART_REGION") or env.get("AWS_REGION") or "us-east-1",
-            endpoint=env.get("SNAPSTART_ENDPOINT") or None,
             uid_range=uid_range,
         )
 

@@ -149,12 +149,12 @@ class Identities:
             used = set(functions.values())
             subranges = subordinate_ranges()
             lo, hi = self.range
-            uid = next((u for u in range(lo, hi + 1)
-                        if u not in used and not _taken_on_host(u, subranges)), None)
-            if uid is None:
+            free = next((u for u in range(lo, hi + 1)
+                         if u not in used and not _taken_on_host(u, subranges)), None)
+            if free is None:
                 raise ConfigError(f"no free function identity left in SNAPSTART_UID_RANGE "
                                   f"{lo}-{hi} ({len(used)} allocated)")
-            functions[name] = uid
+            uid = functions[name] = free
             tmp = self.path.with_name(f".identities.json.{os.getpid()}")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "w") as f:

@@ -314,7 +314,7 @@ class Registry:
     # ---- resolution --------------------------------------------------------------
     def _stamp(self, name: str) -> tuple:
         fdir = self._fdir(name)
-        out = []
+        out: list[tuple[int, int] | None] = []
         for path in (fdir / "versions", fdir / "aliases.json", fdir / "latest" / "config.json"):
             try:
                 st = os.stat(path)

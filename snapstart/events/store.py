@@ -61,6 +61,13 @@ class EventRecord:
                 "created": self.created, "next_at": self.next_at, "error": self.error}
 
 
+def _record(row: tuple, *, next_at: float | None, error: str | None) -> EventRecord:
+    """An EventRecord from a row's first eight columns (the schema's order)."""
+    return EventRecord(id=row[0], function=row[1], qualifier=row[2], payload=row[3],
+                       trace_id=row[4], client_context=row[5], attempts=row[6],
+                       created=row[7], next_at=next_at, error=error)
+
+
 class EventStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -102,7 +109,7 @@ class EventStore:
             "SELECT id, function, qualifier, payload, trace_id, client_context, attempts,"
             " created, next_at, last_error FROM pending WHERE next_at <= ? ORDER BY next_at"
             " LIMIT ?", (time.time() if now is None else now, limit + len(exclude))).fetchall()
-        return [EventRecord(*r[:8], next_at=r[8], error=r[9]) for r in rows
+        return [_record(r, next_at=r[8], error=r[9]) for r in rows
                 if r[0] not in exclude][:limit]
 
     def done(self, event_id: str) -> None:
@@ -134,13 +141,13 @@ class EventStore:
         rows = self._conn().execute(
             "SELECT id, function, qualifier, payload, trace_id, client_context, attempts,"
             " created, next_at, last_error FROM pending ORDER BY created").fetchall()
-        return [EventRecord(*r[:8], next_at=r[8], error=r[9]) for r in rows]
+        return [_record(r, next_at=r[8], error=r[9]) for r in rows]
 
     def failed(self) -> list[EventRecord]:
         rows = self._conn().execute(
             "SELECT id, function, qualifier, payload, trace_id, client_context, attempts,"
             " created, error FROM failed ORDER BY failed_at").fetchall()
-        return [EventRecord(*r[:8], error=r[8]) for r in rows]
+        return [_record(r, next_at=None, error=r[8]) for r in rows]
 
     def count_pending(self) -> int:
         return self._conn().execute("SELECT COUNT(*) FROM pending").fetchone()[0]

@@ -112,7 +112,7 @@ class EventWorker:
             return
         except SnapStartError as exc:
             result = None
-            error = f"{exc.error_type}: {exc.message}"
+            error: str | None = f"{exc.error_type}: {exc.message}"
         else:
             error = None
             if result.function_error:

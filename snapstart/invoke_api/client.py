@@ -73,9 +73,10 @@ def invoke_remote(endpoint: str, name: str, qualifier: str | None, body: bytes, 
         raise _api_error(resp.status, resp.getheader("x-amzn-ErrorType", "").split(":")[0],
                          data, resp.getheader("Retry-After"))
     logs = b""
-    if resp.getheader("X-Amz-Log-Result"):
+    log_result = resp.getheader("X-Amz-Log-Result")
+    if log_result:
         try:
-            logs = base64.b64decode(resp.getheader("X-Amz-Log-Result"))
+            logs = base64.b64decode(log_result)
         except ValueError:
             logs = b""
     mem = _float(resp.getheader("X-Snapstart-Max-Memory-Used-Mb"))

@@ -12,7 +12,7 @@ import json
 
 from ..errors import SnapStartError, ThrottledError
 
-__all__ = ["ApiError", "STATUS", "error_response_parts", "from_exception"]
+__all__ = ["ApiError", "STATUS", "from_exception"]
 
 STATUS = {
     "ResourceNotFoundException": 404,
@@ -61,6 +61,3 @@ def from_exception(exc: BaseException) -> ApiError:
         return ApiError("ServiceException", f"{exc.error_type}: {exc.message}")
     return ApiError("ServiceException", "An internal error occurred.")
 
-
-def error_response_parts(exc: BaseException) -> tuple[int, dict[str, str], bytes]:
-    return from_exception(exc).parts()

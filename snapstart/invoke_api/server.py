@@ -33,6 +33,7 @@ import os
 import secrets
 import signal
 import sys
+from typing import Any
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -479,7 +480,8 @@ async def _main(service: InvokeService, options: ServeOptions, ready) -> None:
     service.manager.start_housekeeping(idle_timeout_s=options.idle_timeout_s,
                                        max_lifetime_s=options.max_lifetime_s)
     service.worker.start()
-    port = site._server.sockets[0].getsockname()[1] if site._server else options.port
+    server: Any = site._server     # asyncio.Server (the base type lacks .sockets)
+    port = server.sockets[0].getsockname()[1] if server else options.port
     print(f"snapstart: serving the Lambda Invoke API on http://{options.host}:{port}",
           file=sys.stderr, flush=True)
     if ready is not None:

@@ -109,6 +109,7 @@ class RestoreAhead:
                     self._cond.wait(1.0)
                 if self._closed:
                     return
+            assert info is not None
             self.slots.wait_quiet(0.5)
             key = (info.name, info.version)
             try:

@@ -323,7 +323,7 @@ class Manager:
         assert slot is not None
         try:
             sandbox = Sandbox.restore(self.criu, images, slot.work_dir,
-                                      ctl_inode=int(info.snapshot["ctl_inode"]),
+                                      ctl_inode=int((info.snapshot or {})["ctl_inode"]),
                                       owner=self.owner, task=info.code_dir,
                                       packages=info.packages_dir,
                                       name=f"{info.name}:{info.version}",

@@ -9,6 +9,7 @@ and once by ``set`` with ``wait_s``) restores what is missing through the
 
 from __future__ import annotations
 
+import builtins
 import logging
 import threading
 import time
@@ -73,7 +74,7 @@ class Provisioned:
         with self._lock:
             return sum(len(m) for m in self._members.values())
 
-    def members(self) -> set[Sandbox]:
+    def members(self) -> builtins.set[Sandbox]:
         with self._lock:
             return set().union(*self._members.values()) if self._members else set()
 

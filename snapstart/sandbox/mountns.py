@@ -54,7 +54,7 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from ..config import PROJECT_ROOT
 from ..errors import SandboxError
@@ -334,7 +334,7 @@ def restore_tmp(pid: int, archive: Path) -> None:
 
     # Inside the chroot nothing can escape the clone's /tmp; "fully_trusted" keeps
     # owners and modes as the function left them (Pythons with extraction filters).
-    extra = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+    extra: dict[str, Any] = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
 
     def on_tmpfs(path: str, root_dev: int) -> bool:
         here = os.path.realpath(path)

@@ -38,7 +38,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from bootstrap import protocol
 
@@ -278,7 +278,8 @@ def _error_fields(body: bytes, header_type: str, *, header_wins: bool = False) -
         data = {"errorMessage": body.decode("utf-8", "replace")[:4096]}
     body_type = data.get("errorType")
     error_type = header_type if (header_wins or not body_type) else body_type
-    out = {"errorMessage": str(data.get("errorMessage", "")), "errorType": str(error_type)}
+    out: dict[str, Any] = {"errorMessage": str(data.get("errorMessage", "")),
+                           "errorType": str(error_type)}
     trace = data.get("stackTrace", data.get("trace"))
     if trace is not None:
         out["stackTrace"] = trace if isinstance(trace, list) else [str(trace)]
