@@ -18,6 +18,7 @@ def _load_package() -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     spec = importlib.util.spec_from_file_location(
         _NAME, os.path.join(root, "__init__.py"), submodule_search_locations=[root])
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[_NAME] = module
     spec.loader.exec_module(module)
