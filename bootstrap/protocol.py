@@ -27,16 +27,23 @@ version it does not speak (``SUPPORTED``), falling back to a cold start. Version
 
 Layouts (``hello.layout``)
 --------------------------
-``inproc``  Python runtimes: the agent is a thread of the runtime's own interpreter,
-            PID 1 of the sandbox (bootstrap/inproc.py). One process per snapshot.
-``agent``   other runtimes: the agent is PID 1 (``python -m bootstrap.agent``) and
-            starts the runtime as its child on ``start``.
+Every sandbox's PID 1 is ``snapinit`` (bootstrap/init), never in a snapshot; the
+snapshot holds PID 2 and its descendants.
+
+``inproc``  Python runtimes: the agent (bootstrap/native, ``libsnapagent.so``) is a
+            thread of the runtime's own interpreter, PID 2, loaded by the launcher
+            (bootstrap/python/_snapstart_runtime.py, bootstrap/inproc.py). One
+            process per snapshot.
+``agent``   other runtimes: the agent is PID 2 (``snapagent --ctl-fd N``) and starts
+            the runtime as its child on ``start``.
 
 Host -> agent
 -------------
     start   {argv: [str], env: {str: str}, cwd: str, init_type: "snap-start"|"on-demand",
-             uid: int, gid: int, seccomp: bool}
-            ``agent`` layout only, once: the agent starts the runtime.
+             uid: int, gid: int, seccomp: bool, pythonpath: [str]}
+            once, before init: the ``agent`` layout starts the runtime with it; the
+            ``inproc`` launcher confines itself (uid/gid, no_new_privs, seccomp), then
+            applies env/cwd/pythonpath and imports the runtime client.
     invoke  {id, payload: bin, deadline_ms: int, arn, trace_id?, client_context?, cognito?}
             queued; delivered on the runtime's next GET /invocation/next.
     resume  {}  after a restore: answer the runtime's parked GET /restore/next (200);
