@@ -183,13 +183,15 @@ def write_reports(data: dict[str, Any], out_dir: Path, *, plots: bool = True,
 
 
 # ---- x86_64 vs aarch64 ------------------------------------------------------------
-COMPARED = ("cold/restored-l1", "restored-l1/warm", "restored-l1/zygote")
+COMPARED = ("cold/restored-l1", "restored-l1/warm", "restored-l1/zygote",
+            "rie-cold/restored-l1", "restored-pool/zygote", "cli-restored/restored-l1")
+PSS_RATIO = "PSS burst/lone"       # PSS per idle clone, biggest burst / a lone clone
 
 
 def _ratios_of(data: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     """The run's p50 ratios (run.py stores them; recomputed for older JSONs)."""
     if data.get("ratios"):
-        return data["ratios"]
+        return {fn: dict(r) for fn, r in data["ratios"].items()}
     p50 = {(r["function"], r["start_type"]): r["p50"] for r in data["results"]}
     out: dict[str, dict[str, float | None]] = {}
     for fn in sorted({r["function"] for r in data["results"]}):
@@ -236,11 +238,16 @@ def compare_markdown(runs: list[dict[str, Any]], plot: str | None = None) -> str
     lines += ["", "| function | ratio | " + " | ".join(labels) + " |",
               "|---|---|" + "---:|" * len(runs)]
     ratios = [_ratios_of(r) for r in runs]
+    for rr, run in zip(ratios, runs):
+        for fn, value in (run.get("pss_burst_over_lone") or {}).items():
+            rr.setdefault(fn, {})[PSS_RATIO] = value
     fns = sorted({fn for rr in ratios for fn in rr})
     for fn in fns:
-        for name in COMPARED:
-            cells = [_fmt((rr.get(fn) or {}).get(name)) for rr in ratios]
-            lines.append(f"| {fn} | {name} | " + " | ".join(cells) + " |")
+        for name in COMPARED + (PSS_RATIO,):
+            values = [(rr.get(fn) or {}).get(name) for rr in ratios]
+            if all(v is None for v in values):
+                continue          # measured by no run (e.g. the model has no zygote)
+            lines.append(f"| {fn} | {name} | " + " | ".join(_fmt(v) for v in values) + " |")
     if plot:
         lines += ["", f"![ratios]({Path(plot).name})"]
     return "\n".join(lines) + "\n"
