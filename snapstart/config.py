@@ -40,7 +40,7 @@ RUNTIMES = ("python", "node", "provided")
 
 # Lambda's rules: function names 1-64 of [a-zA-Z0-9-_]; aliases 1-128 of
 # [a-zA-Z0-9-_], not starting with a digit-only string (that is a version).
-_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _ALIAS_RE = re.compile(r"^(?!^[0-9]+$)[a-zA-Z0-9_-]{1,128}$")
 _HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\.[A-Za-z_][A-Za-z0-9_]*$")
 # node: [dir/]module.export, as Lambda's Node.js runtimes accept it.
@@ -63,7 +63,7 @@ TIMEOUT_MAX = 900
 
 
 def validate_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):   # no trailing \n
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):   # no trailing \n
         raise InvalidNameError(
             f"invalid function name {name!r}: 1-64 characters of letters, digits, '-' and '_'")
     return name
@@ -157,7 +157,8 @@ class FunctionConfig:
                               f"and {EPHEMERAL_MAX} MB")
         if not isinstance(self.egress, bool):
             raise ConfigError("egress must be true or false")
-        if not isinstance(self.timeout_s, (int, float)) or not 0 < self.timeout_s <= TIMEOUT_MAX:
+        timeout = self.timeout_s
+        if not isinstance(timeout, (int, float)) or not 1 <= timeout <= TIMEOUT_MAX:
             raise ConfigError(f"timeout must be between 1 and {TIMEOUT_MAX} seconds")
         env = dict(self.environment)
         for key, value in env.items():

@@ -66,6 +66,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 import click
 
+from ..config import NAME_RE as _NAME_RE   # Lambda's function-name rule
 from ..config import Settings, validate_name
 from ..errors import (ConfigError, FunctionNotFoundError, SnapshotIntegrityError,
                       SnapStartError, StoreError)
@@ -82,7 +83,6 @@ __all__ = ["LocalStore"]
 
 T = TypeVar("T")
 _MANIFEST_RE = re.compile(r"^(0|[1-9][0-9]{0,18})\.msgpack$")
-_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 MIN_KEY_BYTES = 16
 _PARSED_CACHE = 64  # parsed manifests kept per store (process-local)
 
