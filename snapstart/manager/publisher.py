@@ -27,7 +27,7 @@ from typing import Any, Callable
 from .. import __version__
 from ..checkpoint.criu import Criu
 from ..config import FunctionConfig, Settings
-from ..errors import InitError, PublishError
+from ..errors import InitError, PublishError, StoreError
 from ..registry import Registry
 from ..runtimes import runtime_spec
 from ..sandbox.mountns import SandboxFs
@@ -134,6 +134,11 @@ class Publisher:
             meta = {"config": config.to_dict(), "runtime": config.runtime,
                     "python": sys.version.split()[0], **snapshot}
             store.put(config.name, n, staging / "images", meta, progress=progress)
+            try:    # the first restore finds the images in L1 already
+                store.adopt_into_l1(config.name, n, staging / "images")
+            except StoreError as exc:
+                log.warning("%s:%d: images not kept in L1 (%s); the first restore "
+                            "materializes them", config.name, n, exc.message)
             stored = self._stored_bytes(store, config.name, n)
             self.registry.commit_version(config.name, n, config, snapshot)
             log.info("published %s:%d (init %.0f ms, dump %.0f ms, %d bytes)", config.name, n,

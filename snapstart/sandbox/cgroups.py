@@ -91,8 +91,14 @@ def favor_dynmods(marker: Path) -> str:
 
 
 def _write(path: Path, value: str) -> None:
+    """One write(2) to a cgroup control file (no buffering, no text layer: several
+    per restore slot)."""
     try:
-        path.write_text(value)
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise SandboxError(f"cannot write {value!r} to {path}: {exc}") from exc
 

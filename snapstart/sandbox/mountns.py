@@ -49,6 +49,7 @@ left there cannot point the (root) manager anywhere else.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import stat
 import sys
@@ -103,7 +104,13 @@ def _bind_ro(source: str, target: str, *, exec_ok: bool = True) -> None:
 def runtime_mounts() -> dict[str, str]:
     """{host dir: sandbox dir} of the runtime tree under /var/runtime: snapstart's
     Python environment (when it is a venv), the agent (bootstrap/) and the Node
-    runtime client (when installed)."""
+    runtime client (when installed). Computed once per process (on every restore
+    slot's path)."""
+    return dict(_runtime_mounts())
+
+
+@functools.cache
+def _runtime_mounts() -> dict[str, str]:
     out = {str(PROJECT_ROOT / "bootstrap"): f"{RUNTIME_DIR}/bootstrap",
            str(PROJECT_ROOT / ".snapstart" / "runtime"): f"{RUNTIME_DIR}/snapstart"}
     if sys.prefix != sys.base_prefix:

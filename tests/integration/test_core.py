@@ -238,3 +238,17 @@ def test_encrypted_snapshot_restores_and_hides_secrets(settings, monkeypatch):
         manager.store.clear_l1()
         with pytest.raises(ConfigError, match="encrypted"):
             manager.invoke("hello", force_new=True)
+
+
+def test_publish_leaves_the_images_in_l1_for_the_first_restore(manager, publish):
+    """The images just dumped become the version's L1 entry (moved, not copied): the
+    first restore does not decompress what the publish just compressed."""
+    publish("hello")
+    before = manager.store.l1_stats()
+    assert before["entries"] == 1 and before["misses"] == 1    # the adoption itself
+    result = manager.invoke("hello", force_new=True)
+    assert result.start_type == "restored"
+    after = manager.store.l1_stats()
+    assert after["misses"] == before["misses"] and after["hits"] == before["hits"] + 1
+    # and the entry is the stored version: verify re-hashes the store, not L1
+    assert manager.store.verify("hello", 1) == []
