@@ -1,13 +1,16 @@
-"""CRIU adapter: checkpoint and restore sandbox process trees through pycriu.
+"""CRIU adapter: checkpoint and restore sandbox process trees over CRIU's RPC.
 
-Only this module talks to CRIU. It drives ``criu swrk`` over RPC with pycriu and
-translates every CRIU failure into ``DumpError`` / ``RestoreError`` (keeping the
-request type, CRIU's errno and the tail of CRIU's log).
+Only this module talks to CRIU. It drives ``criu swrk`` over RPC -- with pycriu
+for dumps and checks, with checkpoint/rpc.py's protobuf-free codec for restores
+(the hot path) -- and translates every CRIU failure into ``DumpError`` /
+``RestoreError`` (keeping the request type, CRIU's errno and the tail of CRIU's
+log).
 
 The sandbox layout CRIU sees (see ../shared/PLATFORM.md for why):
 
-- the tree's root is the agent, PID 1 of its own PID and time namespaces, session
-  leader, inside an anonymous network namespace created by the manager;
+- the tree's root is the runtime (or the agent, for other runtimes), PID 2 of the
+  sandbox's PID namespace whose PID 1 is snapinit, session leader, inside an
+  anonymous network namespace created by the manager;
 - the network namespace is external: dumped as ``net[<inode>]:netns`` and supplied
   per clone with ``inherit_fd {key: "netns", fd}``;
 - the agent's end of the control socketpair is an external unix socket
@@ -47,6 +50,7 @@ __all__ = ["Criu", "DumpResult", "Worker", "compatibility_problem",
 
 NETNS_KEY = "netns"
 PIDNS_KEY = "pidns"
+_NETWORK_LOCK_NFTABLES = 2
 _NETWORK_LOCK_SKIP = 3
 _CG_IGNORE = 0   # cgroups are the manager's: restored tasks inherit criu's own group
 
@@ -229,7 +233,6 @@ class Criu:
         so every restored task is born inside the clone's limits.
         """
         work_dir.mkdir(parents=True, exist_ok=True)
-        client = self._client()
         work_fd = os.open(work_dir, os.O_DIRECTORY | os.O_CLOEXEC)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         proc = None
@@ -240,12 +243,7 @@ class Criu:
                                     pass_fds=fds, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             theirs.close()
-            # pycriu's requests go to this worker; after the answer pycriu closes the
-            # socket and reaps it (_comm.disconnect)
-            client.sk = client._comm.sk = ours
-            client._comm.swrk = proc.pid
-            client._comm.daemon = False
-            worker = Worker(client=client, proc=proc, work_dir=work_dir, work_fd=work_fd,
+            worker = Worker(sock=ours, proc=proc, work_dir=work_dir, work_fd=work_fd,
                             netns_fd=netns_fd, ctl_fd=ctl_fd, pidns_fd=pidns_fd)
             if cgroup is not None:
                 cgroup.add(worker.pid)
@@ -262,46 +260,49 @@ class Criu:
             raise
 
     def restore_with(self, worker: "Worker", images_dir: Path, *, ctl_inode: int) -> int:
-        """Send the restore request to a prepared worker; return the clone root's pid."""
-        import pycriu
+        """Send the restore request to a prepared worker; return the clone root's pid.
 
-        opts = worker.client.opts
-        img_fd = -1
-        if "images_dir" in opts.DESCRIPTOR.fields_by_name:
-            opts.images_dir = str(images_dir)   # images_dir_fd stays -1: a path is fine
-        else:
-            # older RPC (Debian 12's CRIU 3.17) takes only a directory fd, which criu
-            # opens as /proc/<our pid>/fd/<n> (no inheritance needed)
-            img_fd = os.open(images_dir, os.O_DIRECTORY)
-            opts.images_dir_fd = img_fd
-        opts.work_dir_fd = worker.work_fd
-        opts.log_file = "restore.log"
-        ifd = opts.inherit_fd.add()
-        ifd.key, ifd.fd = NETNS_KEY, worker.netns_fd
-        ifd = opts.inherit_fd.add()
-        ifd.key, ifd.fd = f"socket:[{ctl_inode}]", worker.ctl_fd
+        The request is encoded by checkpoint/rpc.py (no protobuf import on the
+        restore path); criu opens the images directory through /proc/<our pid>/fd."""
+        from . import rpc
+
+        img_fd = os.open(images_dir, os.O_DIRECTORY | os.O_CLOEXEC)
+        inherit = [(NETNS_KEY, worker.netns_fd), (f"socket:[{ctl_inode}]", worker.ctl_fd)]
         if worker.pidns_fd >= 0:
-            ifd = opts.inherit_fd.add()
-            ifd.key, ifd.fd = PIDNS_KEY, worker.pidns_fd
-        if self.map_pages and "mmap_page_image" in opts.DESCRIPTOR.fields_by_name:
-            opts.mmap_page_image = True
+            inherit.append((PIDNS_KEY, worker.pidns_fd))
+        request = rpc.encode_restore(rpc.RestoreOpts(
+            images_dir_fd=img_fd, work_dir_fd=worker.work_fd, log_file="restore.log",
+            log_level=self.log_level, network_lock=self._network_lock_value(),
+            inherit_fd=tuple(inherit), manage_cgroups_mode=_CG_IGNORE,
+            mmap_page_image=self.map_pages))
         try:
-            # pycriu blocks in recv() until swrk answers; see _SwrkSocket for why that
-            # would be forever if swrk dies mid-restore.
-            worker.client.sk = _SwrkSocket(worker.client.sk, worker.pid)
-            resp = worker.client.restore()
-        except pycriu.CRIUExceptionExternal as exc:
-            raise RestoreError("CRIU could not restore the snapshot", request="restore",
-                               errno=exc.errno,
-                               log_tail=_log_tail(worker.work_dir, "restore.log")) from exc
-        except pycriu.CRIUException as exc:
+            # blocks until swrk answers, or returns when swrk dies (see _SwrkSocket)
+            sock = _SwrkSocket(worker.sock, worker.pid)
+            sock.send(request)
+            answer = sock.recv(1 << 16)
+            if not answer:
+                raise ConnectionAbortedError(f"criu swrk (pid {worker.pid}) closed its "
+                                             "socket without answering")
+            resp = rpc.decode_response(answer)
+        except (OSError, rpc.RpcDecodeError) as exc:
             raise RestoreError(f"CRIU restore failed: {exc}", request="restore",
                                log_tail=_log_tail(worker.work_dir, "restore.log")) from exc
         finally:
             worker.close()
-            if img_fd >= 0:
-                os.close(img_fd)
+            os.close(img_fd)
+        if not resp.success or resp.pid is None:
+            raise RestoreError("CRIU could not restore the snapshot", request="restore",
+                               errno=resp.cr_errno or 0,
+                               log_tail=_log_tail(worker.work_dir, "restore.log"))
         return resp.pid
+
+    def _network_lock_value(self) -> int:
+        """SKIP on CRIU >= 4 (its RPC has it); NFTABLES before (see _network_lock)."""
+        try:
+            major = int(self.version().split(".")[0])
+        except (CheckpointError, ValueError):
+            major = 4
+        return _NETWORK_LOCK_SKIP if major >= 4 else _NETWORK_LOCK_NFTABLES
 
 
 
@@ -310,11 +311,11 @@ _WORKERS_LOCK = threading.Lock()
 
 
 class _SwrkSocket:
-    """pycriu's RPC socket, whose ``recv`` also returns when ``criu swrk`` dies.
+    """A worker's RPC socket, whose ``recv`` also returns when ``criu swrk`` dies.
 
     The tasks CRIU has half-restored inherit swrk's end of the socketpair, so when
     swrk dies mid-restore (killed, OOM in the clone's cgroup) no EOF ever comes and
-    pycriu would wait forever. A pidfd of swrk becomes readable when it exits.
+    a plain recv would wait forever. A pidfd of swrk becomes readable when it exits.
     """
 
     def __init__(self, sock: socket.socket, pid: int) -> None:
@@ -352,7 +353,8 @@ def reap_restore_leftovers(timeout_s: float = 1.0) -> int:
     killed, tree killed) they are reparented to this process (a subreaper) and die
     unreaped, and no pid of theirs was ever returned. They still carry CRIU's
     process name, which a completed clone never does. Call after the clone's
-    cgroup is destroyed (its tasks are dying). Live swrk workers are left to pycriu.
+    cgroup is destroyed (its tasks are dying). Live swrk workers are left to their
+    Worker (Worker.close reaps them).
     """
     reaped = 0
     deadline = time.monotonic() + timeout_s
@@ -407,7 +409,7 @@ def _comm_and_state(pid: int) -> tuple[str, str] | None:
 class Worker:
     """A ``criu swrk`` process waiting for exactly one restore request."""
 
-    client: Any                # pycriu.criu, talking to this worker
+    sock: socket.socket        # our end of its RPC socketpair (SOCK_SEQPACKET)
     proc: subprocess.Popen
     work_dir: Path
     work_fd: int
@@ -434,9 +436,8 @@ class Worker:
         except OSError:
             pass
         try:
-            sock = self.client.sk
-            (sock._sock if isinstance(sock, _SwrkSocket) else sock).close()
-        except (OSError, AttributeError):
+            self.sock.close()
+        except OSError:
             pass
         self.proc.wait()
         with _WORKERS_LOCK:
