@@ -285,7 +285,7 @@ class Manager:
         if self.keep_warm and sandbox.state is SandboxState.IDLE and not self._closed:
             self.clones.park(key, sandbox)
         else:
-            self.clones.untrack(sandbox)
+            self.clones.retire(sandbox)       # torn down after the caller has its result
         return dataclasses.replace(result, start_type=start_type)
 
     def _restore(self, info: VersionInfo) -> Sandbox:
