@@ -1,7 +1,8 @@
 """Render one benchmark run (the dict built by run.py) as JSON, Markdown and PNG plots.
 
 Files written to the output directory, named ``<arch>-<timestamp>``:
-``.json`` (the data), ``.md`` (the tables; also copied to ``latest.md``) and
+``.json`` (the data), ``.md`` (the tables; also copied to ``latest.md``, or
+``latest-<arch>-emulated.md`` for an emulated run) and
 ``-latency.png`` / ``-burst.png`` (matplotlib, Agg backend; skipped with a note when
 matplotlib is not installed). This module only formats: it measures nothing.
 
@@ -177,8 +178,10 @@ def write_reports(data: dict[str, Any], out_dir: Path, *, plots: bool = True,
     text = markdown(data, pngs)
     md_path = stem.with_suffix(".md")
     md_path.write_text(text)
-    shutil.copyfile(md_path, out_dir / "latest.md")
-    return {"json": json_path, "markdown": md_path, "latest": out_dir / "latest.md",
+    # latest.md: the newest run on real hardware; an emulated run has its own
+    latest = out_dir / ("latest.md" if not data["meta"]["emulated"] else f"latest-{arch}.md")
+    shutil.copyfile(md_path, latest)
+    return {"json": json_path, "markdown": md_path, "latest": latest,
             "plots": pngs, "markdown_text": text}
 
 
