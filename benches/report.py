@@ -9,7 +9,7 @@ matplotlib is not installed). This module only formats: it measures nothing.
 It also compares architectures: ``compare`` takes the newest result of each arch
 in a results directory (x86_64 and the emulated aarch64 one from
 ``make bench-arm64``) and writes ``compare-latest.md`` (one table of the p50 ratios
-cold/restored-l1, restored-l1/warm, restored-l1/zygote per function, side by side)
+of ``COMPARED`` and the PSS burst/lone ratio per function, side by side)
 and ``compare-latest.png``. Only ratios are compared: absolute times under QEMU TCG
 mean nothing.
 
