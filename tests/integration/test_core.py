@@ -252,3 +252,21 @@ def test_publish_leaves_the_images_in_l1_for_the_first_restore(manager, publish)
     assert after["misses"] == before["misses"] and after["hits"] == before["hits"] + 1
     # and the entry is the stored version: verify re-hashes the store, not L1
     assert manager.store.verify("hello", 1) == []
+
+
+def test_snapshot_of_another_agent_protocol_is_refused_and_falls_back_cold(manager, publish,
+                                                                         monkeypatch):
+    """Upgrade safety: the agent frozen in an image speaks the control protocol of the
+    snapstart that published it (recorded in the manifest). A host that does not
+    speak it (here: a later snapstart whose only version is the next one) refuses the
+    snapshot with a clear note and starts cold; nothing is restored."""
+    from bootstrap import protocol
+
+    publish("hello")
+    meta = manager.store.manifest("hello", 1).meta
+    assert meta["agent_protocol"] == protocol.VERSION and meta["snapstart_version"]
+    monkeypatch.setattr(protocol, "SUPPORTED", frozenset({protocol.VERSION + 1}))
+    result = manager.invoke("hello", force_new=True)
+    assert result.start_type == "cold" and result.function_error is None
+    assert any(f"control protocol {protocol.VERSION}" in note and
+               "publish the function again" in note for note in result.notes), result.notes

@@ -86,6 +86,9 @@ def test_tenants_see_only_their_own_sandbox(manager, settings):
             # /proc is its sandbox's alone: the runtime, nothing of the host
             assert out["pid"] in out["pids"] and len(out["pids"]) <= 3, out["pids"]
             assert max(out["pids"]) < 100
+            # PID 1 is the sandbox's own init (snapinit, root): hidden from the
+            # function by hidepid=invisible, never the host's init
+            assert 1 not in out["pids"] and out["proc1"] == "No such file or directory"
             # nothing of tenant-b (or of the manager) can be read, opened or signalled
             for pid, probes in out["attacks"].items():
                 assert not DENIED & set(probes.values()), (kind, pid, probes)
