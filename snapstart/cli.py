@@ -198,7 +198,8 @@ def invoke(ref: str, payload: str | None, payload_file, log_type: str, no_snapsh
                 results = []
                 for _ in range(repeat):
                     t0 = time.perf_counter()
-                    result = manager.invoke_version(info, body, no_snapshot=no_snapshot)
+                    result = manager.invoke_version(info, body, no_snapshot=no_snapshot,
+                                                    qualifier=qualifier)
                     invoke_ms[result.request_id] = (time.perf_counter() - t0) * 1000
                     results.append(result)
     rows = []

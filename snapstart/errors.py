@@ -107,6 +107,11 @@ class PublishError(SnapStartError):
 
 class SandboxError(SnapStartError):
     error_type = "Sandbox.Error"
+    # what an invocation that ended in this error had produced (Sandbox.invoke sets
+    # them): the function's output, how long it ran, its memory high-water mark
+    logs: bytes = b""
+    duration_ms: float = 0.0
+    max_memory_used_mb: int | None = None
 
 
 class InvalidTransition(SandboxError):

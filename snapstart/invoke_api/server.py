@@ -56,6 +56,22 @@ __all__ = ["ServeOptions", "InvokeService", "create_app", "serve"]
 
 log = logging.getLogger("snapstart.serve")
 
+
+class _MalformedRequestFilter(logging.Filter):
+    """aiohttp answers a malformed request (bad framing, bad headers) with 400 and logs
+    a traceback for it at ERROR: one per bad request a client sends. Those are the
+    client's errors, not the server's: keep one DEBUG line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp import http_exceptions
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, http_exceptions.HttpProcessingError):
+            log.debug("malformed request answered with %s: %s", exc.code,
+                      " ".join(str(exc.message).split())[:200])
+            return False
+        return True
+
 MAX_EVENT_PAYLOAD = 256 * 1024
 MAX_CLIENT_CONTEXT = 3583
 
@@ -122,7 +138,8 @@ class InvokeService:
         info = self.manager.registry.resolve(name, qualifier)
         try:
             result = self.manager.invoke_version(info, body, trace_id=trace_id,
-                                                 client_context=client_context)
+                                                 client_context=client_context,
+                                                 qualifier=qualifier)
         except ThrottledError as exc:
             self.metrics.throttles.labels(name, exc.reason).inc()
             raise
@@ -469,6 +486,9 @@ def serve(options: ServeOptions, settings: Settings | None = None, *,
 
 async def _main(service: InvokeService, options: ServeOptions, ready) -> None:
     app = create_app(service)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _MalformedRequestFilter) for f in server_log.filters):
+        server_log.addFilter(_MalformedRequestFilter())
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, options.host, options.port, reuse_address=True)

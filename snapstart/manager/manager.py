@@ -42,7 +42,7 @@ from ..config import CRIU_RUNDIR, FunctionConfig, Settings
 from ..errors import (AfterRestoreError, InitError, OutOfMemoryError, PayloadError, RestoreError,
                       RuntimeExitError, SandboxError, SandboxTimeoutError, SnapshotError,
                       SnapshotIncompatibleError, SnapStartError, StoreError, ThrottledError)
-from ..registry import LATEST, Registry, VersionInfo
+from ..registry import Registry, VersionInfo
 from ..results import InvokeRequest, InvokeResult, StartType
 from ..runtimes import runtime_spec
 from ..sandbox.cgroups import favor_dynmods
@@ -181,17 +181,19 @@ class Manager:
         return self.invoke_version(self.registry.resolve(name, qualifier), payload,
                                    no_snapshot=no_snapshot, force_new=force_new,
                                    client_context=client_context, trace_id=trace_id,
-                                   request_id=request_id)
+                                   request_id=request_id, qualifier=qualifier)
 
     def invoke_version(self, info: VersionInfo, payload: bytes = b"{}", *,
                        no_snapshot: bool = False, force_new: bool = False,
                        client_context: str | None = None, trace_id: str | None = None,
-                       request_id: str | None = None) -> InvokeResult:
-        """``invoke`` of a version the caller resolved already (the Invoke API)."""
+                       request_id: str | None = None,
+                       qualifier: str | None = None) -> InvokeResult:
+        """``invoke`` of a version the caller resolved already (the Invoke API).
+        ``qualifier``: what the caller named (None, a version, an alias or $LATEST):
+        the function sees it in ``context.invoked_function_arn``, as on Lambda."""
         check_payload(payload)
         req = InvokeRequest(request_id=request_id or str(uuid.uuid4()), payload=payload,
-                            arn=self.settings.function_arn(info.name, info.version
-                                                           if info.version != LATEST else None),
+                            arn=self.settings.function_arn(info.name, qualifier or None),
                             timeout_s=info.config.timeout_s, trace_id=trace_id,
                             client_context=client_context)
         self._acquire(info.name)
@@ -461,9 +463,16 @@ class Manager:
         self.close()
 
 
-def _failed(req: InvokeRequest, exc: SnapStartError, start_type: StartType) -> InvokeResult:
+def _failed(req: InvokeRequest, exc: SandboxError, start_type: StartType) -> InvokeResult:
+    """A timed-out, crashed or out-of-memory invocation, as Lambda reports it: what the
+    function printed, then the platform's own lines; its real duration and memory."""
+    line = exc.message if exc.message.startswith("RequestId:") else \
+        f"RequestId: {req.request_id} Error: {exc.message}"
+    logs = exc.logs + (b"" if not exc.logs or exc.logs.endswith(b"\n") else b"\n") + \
+        f"{line}\n{exc.error_type}\n".encode()
     return InvokeResult(request_id=req.request_id, payload=json.dumps(exc.to_lambda()).encode(),
-                        function_error="Unhandled", duration_ms=0.0, start_type=start_type)
+                        function_error="Unhandled", duration_ms=exc.duration_ms, logs=logs,
+                        max_memory_used_mb=exc.max_memory_used_mb, start_type=start_type)
 
 
 def _sweep_stale_dirs(shm: Path) -> None:

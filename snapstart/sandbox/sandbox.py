@@ -309,6 +309,7 @@ class Sandbox:
         self.created = time.monotonic()
         self.last_used = self.created
         self.invocations = 0
+        self._memory_at_death: int | None = None   # read by kill() before its cgroup goes
         self._kill_lock = threading.Lock()
         self.layout: str | None = None          # "inproc" | "agent", from the agent's hello
         self.protocol_version: int | None = None
@@ -499,7 +500,10 @@ class Sandbox:
         return children_of(self.pid)
 
     def max_memory_used_mb(self) -> int | None:
-        """Peak memory of the sandbox: its cgroup's high-water mark, else VmHWM."""
+        """Peak memory of the sandbox: its cgroup's high-water mark, else VmHWM (after
+        kill(): the mark read just before its cgroup went)."""
+        if self.state is S.DEAD:
+            return self._memory_at_death
         if self.cgroup is not None:
             used = self.cgroup.max_memory_used_mb()
             if used is not None:
@@ -725,7 +729,15 @@ class Sandbox:
         deadline = started + req.timeout_s + (30.0 if resume else 0.0)
         timeout_message = f"Task timed out after {req.timeout_s:.2f} seconds"
         while True:
-            msg = self._await(deadline, logs, req.request_id, timeout_message=timeout_message)
+            try:
+                msg = self._await(deadline, logs, req.request_id,
+                                  timeout_message=timeout_message)
+            except SandboxError as exc:
+                # keep what the function printed, how long it ran and its memory
+                exc.logs = bytes(logs)
+                exc.duration_ms = (time.monotonic() - invoke_start) * 1000
+                exc.max_memory_used_mb = self.max_memory_used_mb()
+                raise
             op = msg["op"]
             if op == "ready":
                 if resume and self.state is S.RESTORING:
@@ -816,6 +828,8 @@ class Sandbox:
                 pass
             if self.init is not None:
                 self.init.kill()
+            if self.cgroup is not None:
+                self._memory_at_death = self.cgroup.max_memory_used_mb()
             try:
                 self.ctl.close()
             except OSError:

@@ -167,9 +167,17 @@ def test_runtime_crash_and_timeout_are_lambda_errors(manager, publish):
     crash = manager.invoke("errors", b'{"action": "exit"}')
     assert crash.function_error == "Unhandled"
     assert _payload(crash)["errorType"] == "Runtime.ExitError"
+    # what it printed is kept, then Lambda's own lines; real duration and memory
+    assert crash.logs.startswith(b"errors: about to exit\n"), crash.logs
+    assert (f"RequestId: {crash.request_id} Error: Runtime exited with error: "
+            "exit status 3\nRuntime.ExitError\n").encode() in crash.logs
+    assert crash.duration_ms > 0 and crash.max_memory_used_mb
     slow = manager.invoke("errors", b'{"action": "sleep", "seconds": 5}')
     assert _payload(slow)["errorType"] == "Sandbox.Timedout"
     assert "Task timed out after 1.00 seconds" in _payload(slow)["errorMessage"]
+    assert b"errors: about to sleep\n" in slow.logs
+    assert b"Task timed out after 1.00 seconds" in slow.logs
+    assert slow.duration_ms >= 1000 and slow.max_memory_used_mb     # ran until the timeout
     after = manager.invoke("errors", b'{"action": "none"}')
     assert after.function_error is None and after.start_type == "restored"
 
@@ -189,6 +197,14 @@ def test_versions_and_aliases(manager, publish):
     manager.registry.set_alias("hello", "live", 1)
     result = manager.invoke("hello", qualifier="live", force_new=True)
     assert _payload(result)["function_version"] == "1"
+    # the ARN the caller used, as on Lambda: alias, version, none, $LATEST
+    arn = manager.settings.function_arn("hello")
+    assert _payload(result)["invoked_arn"] == f"{arn}:live"
+    assert _payload(manager.invoke("hello", qualifier="1"))["invoked_arn"] == f"{arn}:1"
+    unqualified = _payload(manager.invoke("hello", force_new=True))
+    assert unqualified["invoked_arn"] == arn and unqualified["function_version"] == "2"
+    latest = _payload(manager.invoke("hello", qualifier="$LATEST"))
+    assert latest["invoked_arn"] == f"{arn}:$LATEST"
     with pytest.raises(FunctionNotFoundError):
         manager.invoke("hello", qualifier="nope")
     with pytest.raises(FunctionNotFoundError):

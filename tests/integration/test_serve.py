@@ -182,8 +182,20 @@ def test_api_errors_and_bad_input_keep_the_server_up(home, serve):
     assert raw("PUT", "/2017-10-31/functions/hello/concurrency",
                b'{"ReservedConcurrentExecutions": "x"}') == 400
     assert raw("GET", "/nope") == 404
+    # malformed HTTP (framing, headers, garbage): 400, and no traceback in the log
+    import socket
+    from urllib.parse import urlsplit
+    where = urlsplit(server.url)
+    for bad in (b"GARBAGE\r\n\r\n", b"\x00\x01\xff\r\n\r\n",
+                b"POST /2015-03-31/functions/hello/invocations HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"):
+        with socket.create_connection((where.hostname, where.port), timeout=10) as sock:
+            sock.sendall(bad)
+            assert sock.recv(64).startswith(b"HTTP/1.0 400"), bad
     ok = client.invoke(FunctionName="hello")
     assert ok["StatusCode"] == 200 and "FunctionError" not in ok
+    assert "Traceback" not in server.output(), server.output()
 
 
 # ---- concurrency --------------------------------------------------------------------

@@ -11,8 +11,10 @@ def handler(event, context):
     if action == "raise":
         raise CustomError("something went wrong")
     if action == "exit":
+        print("errors: about to exit")
         os._exit(3)
     if action == "sleep":
+        print("errors: about to sleep")
         time.sleep(event.get("seconds", 10))
     if action == "big":
         return "x" * (7 * 1024 * 1024)

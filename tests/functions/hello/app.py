@@ -24,6 +24,7 @@ def handler(event, context):
         "event": event,
         "request_id": context.aws_request_id,
         "function_version": context.function_version,
+        "invoked_arn": context.invoked_function_arn,
         "init_type": os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE"),
         "netns": os.stat("/proc/self/ns/net").st_ino,
         "pid": os.getpid(),
