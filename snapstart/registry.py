@@ -22,7 +22,9 @@ never world-readable, so a function reads its own code and no other's. The JSON 
 which are sealed with the store's key (AES-256-GCM, associated data
 ``b"snapstart-env\0" + name``) when encryption is on::
 
-    "environment": {"sealed": "<base64 of key id | nonce | ciphertext | tag>"}
+    "environment": {"$sealed": "<base64 of key id | nonce | ciphertext | tag>"}
+
+(``$sealed`` cannot be a variable's name, so a plain environment never looks sealed.)
 
 The store stays 0700.
 
@@ -51,6 +53,7 @@ from .identities import Identities
 __all__ = ["Registry", "VersionInfo", "LATEST"]
 
 LATEST = "$LATEST"
+_SEALED = "$sealed"          # the environment's key when sealed (not a variable name)
 _STALE_INCOMPLETE_S = 3600
 
 
@@ -137,19 +140,19 @@ class Registry:
             import base64
             body = json.dumps(data["environment"], sort_keys=True).encode()
             sealed = cipher.seal_manifest(body, b"snapstart-env\0" + config.name.encode())
-            data["environment"] = {"sealed": base64.b64encode(sealed).decode()}
+            data["environment"] = {_SEALED: base64.b64encode(sealed).decode()}
         return data
 
     def _config_in(self, name: str, data: dict) -> FunctionConfig:
         env = data.get("environment")
-        if isinstance(env, dict) and set(env) == {"sealed"} and isinstance(env["sealed"], str):
+        if isinstance(env, dict) and set(env) == {_SEALED} and isinstance(env[_SEALED], str):
             cipher = self._cipher()
             if cipher is None:
                 raise ConfigError(f"the environment of {name} is encrypted: set "
                                   "SNAPSTART_ENCRYPTION_KEY (or _KEY_FILE) to use it")
             import base64
             try:
-                body = cipher.open_manifest(base64.b64decode(env["sealed"]),
+                body = cipher.open_manifest(base64.b64decode(env[_SEALED]),
                                             b"snapstart-env\0" + name.encode())
             except ValueError as exc:
                 raise ConfigError(f"cannot open the environment of {name}: {exc}") from None
