@@ -254,8 +254,8 @@ class Registry:
 
     def commit_version(self, name: str, n: int, config: FunctionConfig, snapshot: dict) -> None:
         vdir = self._fdir(name) / "versions" / str(n)
-        _write_json(vdir / "version.json", {"config": self._config_out(config), "snapshot": snapshot,
-                                            "created": time.time()})
+        _write_json(vdir / "version.json", {"config": self._config_out(config),
+                                            "snapshot": snapshot, "created": time.time()})
         (vdir / ".incomplete").unlink()
         os.utime(vdir.parent)   # invalidates resolve() caches (here and in other processes)
 
@@ -280,7 +280,8 @@ class Registry:
             raise FunctionNotFoundError(
                 f"Function not found: {self.settings.function_arn(name, str(n))}") from None
         packages = vdir / "packages"
-        return VersionInfo(name=name, version=str(n), config=self._config_in(name, data["config"]),
+        return VersionInfo(name=name, version=str(n),
+                           config=self._config_in(name, data["config"]),
                            code_dir=vdir / "code",
                            packages_dir=packages if packages.is_dir() else None,
                            snapshot=data.get("snapshot"), uid=self.identity(name)[0])

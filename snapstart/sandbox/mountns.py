@@ -341,7 +341,8 @@ def restore_tmp(pid: int, archive: Path) -> None:
 
     # Inside the chroot nothing can escape the clone's /tmp; "fully_trusted" keeps
     # owners and modes as the function left them (Pythons with extraction filters).
-    extra: dict[str, Any] = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+    extra: dict[str, Any] = ({"filter": "fully_trusted"}
+                             if hasattr(tarfile, "fully_trusted_filter") else {})
 
     def on_tmpfs(path: str, root_dev: int) -> bool:
         here = os.path.realpath(path)
