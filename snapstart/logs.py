@@ -17,6 +17,7 @@ This module must not know about HTTP or sandboxes: it formats and stores text.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
 import threading
 import time
@@ -61,6 +62,9 @@ class LogWriter:
     def __init__(self, home: Path) -> None:
         self.root = Path(home) / "logs"
         self._lock = threading.Lock()
+        # (name, stream) -> its file's path, once its directory exists: writes are on
+        # every invocation's path in `snapstart serve`
+        self._paths: dict[tuple[str, str], str] = {}
 
     def path(self, name: str, version: str) -> Path:
         return self.root / validate_name(name) / f"{stream_name(version)}.log"
@@ -71,11 +75,24 @@ class LogWriter:
         stamp = _stamp(time.time()) + b"\t"
         lines = data.rstrip(b"\n").split(b"\n")
         text = b"".join(stamp + line + b"\n" for line in lines)
-        path = self.path(name, version)
         with self._lock:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "ab") as f:
-                f.write(text)
+            path = self._paths.get((name, version))
+            if path is None:
+                p = self.path(name, version)
+                p.parent.mkdir(parents=True, exist_ok=True)
+                path = self._paths[(name, version)] = str(p)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except FileNotFoundError:       # its directory was removed: make it again
+                del self._paths[(name, version)]
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                             0o600)
+            try:
+                while text:
+                    text = text[os.write(fd, text):]
+            finally:
+                os.close(fd)
 
     def sink(self, name: str, stream: str, data: bytes) -> None:
         """``Manager(log_sink=...)`` hook: output produced outside an invocation."""

@@ -90,6 +90,7 @@ class Registry:
         # resolve() is on every invoke's path: cache it, validated by the mtimes of
         # what can change it (three stat calls instead of reading JSON files).
         self._cache: dict[tuple[str, str | None], tuple[tuple, VersionInfo]] = {}
+        self._stamp_paths: dict[str, tuple[str, str, str]] = {}   # name -> what _stamp stats
 
     def _fdir(self, name: str) -> Path:
         return self.root / validate_name(name)
@@ -317,9 +318,15 @@ class Registry:
 
     # ---- resolution --------------------------------------------------------------
     def _stamp(self, name: str) -> tuple:
-        fdir = self._fdir(name)
+        paths = self._stamp_paths.get(name)
+        if paths is None:
+            if len(self._stamp_paths) > 4096:
+                self._stamp_paths.clear()
+            fdir = self._fdir(name)
+            paths = self._stamp_paths[name] = (str(fdir / "versions"), str(fdir / "aliases.json"),
+                                               str(fdir / "latest" / "config.json"))
         out: list[tuple[int, int] | None] = []
-        for path in (fdir / "versions", fdir / "aliases.json", fdir / "latest" / "config.json"):
+        for path in paths:
             try:
                 st = os.stat(path)
                 out.append((st.st_mtime_ns, st.st_ino))

@@ -108,6 +108,9 @@ class InvokeService:
         self.options = options
         self.metrics = Metrics()
         self.logs = LogWriter(settings.home)
+        # invocation logs are appended in order on their own thread, after the caller
+        # has its response (as Lambda's logs reach CloudWatch after it)
+        self.log_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapstart-logs")
         self.events = EventStore(settings.home / "events.db")
         self.worker = EventWorker(self.events, manager,
                                   policy=RetryPolicy(retries=options.event_retries,
@@ -146,19 +149,31 @@ class InvokeService:
         block = self._record(name, info.version, info.config.memory_mb, result)
         return result, info.version, block
 
-    def _record(self, name: str, version: str, memory_mb: int, result) -> bytes:
+    def _record(self, name: str, version: str, memory_mb: int, result, *,
+                sync: bool = False) -> bytes:
+        """Metrics and the invocation's log block; ``sync``: written before returning
+        (asynchronous invocations: no caller waits), else on the log thread."""
         self.metrics.observe(name, result)
         block = invocation_block(result, version, memory_mb)
+        try:
+            written = self.log_pool.submit(self._write_log, name, version, block)
+            if sync:
+                written.result()      # in order with the blocks queued before it
+        except RuntimeError:          # shutting down: write it here
+            self._write_log(name, version, block)
+        return block
+
+    def _write_log(self, name: str, version: str, block: bytes) -> None:
         try:
             self.logs.write(name, version, block)
         except (OSError, ValueError) as exc:
             log.warning("cannot write the log of %s: %s", name, exc)
-        return block
 
     def _event_result(self, record, result) -> None:
         try:
             info = self.manager.registry.resolve(record.function, record.qualifier)
-            self._record(record.function, info.version, info.config.memory_mb, result)
+            self._record(record.function, info.version, info.config.memory_mb, result,
+                         sync=True)
         except SnapStartError:
             pass
 
@@ -242,6 +257,7 @@ class InvokeService:
     def close(self) -> None:
         self.worker.stop()
         self.manager.close()
+        self.log_pool.shutdown(wait=True)
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.control.shutdown(wait=False, cancel_futures=True)
 

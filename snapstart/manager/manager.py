@@ -198,10 +198,10 @@ class Manager:
                             client_context=client_context)
         self._acquire(info.name)
         try:
-            result = self._dispatch(info, req, no_snapshot=no_snapshot, force_new=force_new)
+            # every result comes from _run, which stamps its start type and version
+            return self._dispatch(info, req, no_snapshot=no_snapshot, force_new=force_new)
         finally:
             self._release(info.name)
-        return dataclasses.replace(result, executed_version=info.version)
 
     def _acquire(self, name: str) -> None:
         with self._lock:
@@ -277,10 +277,10 @@ class Manager:
             self.clones.untrack(sandbox)
             if exc.retryable and start_type in (StartType.WARM, StartType.RESTORED_POOL):
                 raise
-            return _failed(req, exc, start_type)
+            return _failed(req, exc, start_type, key[1])
         except (SandboxTimeoutError, AfterRestoreError, OutOfMemoryError) as exc:
             self.clones.untrack(sandbox)
-            return _failed(req, exc, start_type)
+            return _failed(req, exc, start_type, key[1])
         except BaseException:
             self.clones.untrack(sandbox)
             raise
@@ -288,7 +288,7 @@ class Manager:
             self.clones.park(key, sandbox)
         else:
             self.clones.retire(sandbox)       # torn down after the caller has its result
-        return dataclasses.replace(result, start_type=start_type)
+        return dataclasses.replace(result, start_type=start_type, executed_version=key[1])
 
     def _restore(self, info: VersionInfo) -> Sandbox:
         """Restore a clone of ``info``'s snapshot (state RESTORING: not resumed).
@@ -463,7 +463,8 @@ class Manager:
         self.close()
 
 
-def _failed(req: InvokeRequest, exc: SandboxError, start_type: StartType) -> InvokeResult:
+def _failed(req: InvokeRequest, exc: SandboxError, start_type: StartType,
+            version: str) -> InvokeResult:
     """A timed-out, crashed or out-of-memory invocation, as Lambda reports it: what the
     function printed, then the platform's own lines; its real duration and memory."""
     line = exc.message if exc.message.startswith("RequestId:") else \
@@ -472,7 +473,8 @@ def _failed(req: InvokeRequest, exc: SandboxError, start_type: StartType) -> Inv
         f"{line}\n{exc.error_type}\n".encode()
     return InvokeResult(request_id=req.request_id, payload=json.dumps(exc.to_lambda()).encode(),
                         function_error="Unhandled", duration_ms=exc.duration_ms, logs=logs,
-                        max_memory_used_mb=exc.max_memory_used_mb, start_type=start_type)
+                        max_memory_used_mb=exc.max_memory_used_mb, start_type=start_type,
+                        executed_version=version)
 
 
 def _sweep_stale_dirs(shm: Path) -> None:

@@ -108,6 +108,7 @@ class Cgroup:
     name: str
     mode: str
     dirs: list[Path] = field(default_factory=list)
+    _paths: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def create(cls, name: str, *, memory_mb: int | None,
@@ -164,14 +165,27 @@ class Cgroup:
             _write(path / "cgroup.procs", str(pid))
 
     def _read(self, v1_controller: str, v1_file: str, v2_file: str) -> str | None:
-        try:
+        """A control file's text (read after every invocation: paths built once)."""
+        key = v2_file if self.mode == "v2" else f"{v1_controller}/{v1_file}"
+        path = self._paths.get(key)
+        if path is None:
             if self.mode == "v1":
-                return (ROOT / v1_controller / PARENT / self.name / v1_file).read_text()
-            if self.mode == "v2":
-                return (self.dirs[0] / v2_file).read_text()
+                path = str(ROOT / v1_controller / PARENT / self.name / v1_file)
+            elif self.mode == "v2" and self.dirs:
+                path = str(self.dirs[0] / v2_file)
+            else:
+                return None
+            self._paths[key] = path
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
-        return None
+        try:
+            return os.read(fd, 65536).decode()
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def max_memory_used_mb(self) -> int | None:
         text = self._read("memory", "memory.max_usage_in_bytes", "memory.peak")

@@ -108,6 +108,7 @@ def test_a_warm_clone_wins_and_is_parked_again():
     m.clones.park(KEY, warm)
     result = _go(m)
     assert result.start_type == StartType.WARM and result.payload == b"warm"
+    assert result.executed_version == "1"
     assert warm.resumed is False and calls == []
     assert m.clones.pop_idle(KEY) is warm                 # parked for the next call
 
