@@ -1,9 +1,12 @@
 """Shared fixtures.
 
 ``home``: a temporary SNAPSTART_HOME and a private tmpfs directory (SNAPSTART_SHM),
-removed afterwards. ``manager``: the one factory that owns sandboxes: every clone it
-creates is killed at teardown, and the test fails if any process, or any file
-under its tmpfs directory, is left behind.
+removed afterwards. ``managers``: the one factory of managers (and so of sandboxes)
+in integration tests: ``managers(settings=None, **kw)`` makes one; every manager it
+made is closed at teardown, even after a failure, and the test fails if any process,
+or any file under its tmpfs directory, is left behind. ``manager`` is its first one.
+CRIU's dump and restore logs of every test are kept (SNAPSTART_KEEP_CRIU_LOGS) and,
+when the test failed, left on disk and named in its report; otherwise removed.
 
 Marks ``requires_root`` / ``requires_criu`` skip with a stated reason on a developer
 machine without them; under CI (``CI=true``) nothing skips: a missing requirement
@@ -13,6 +16,7 @@ is a failure.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -91,21 +95,58 @@ def settings(home):
     return home
 
 
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Remember each phase's outcome on the item (``criu_logs`` reads it)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture(autouse=True)
+def criu_logs(request, monkeypatch):
+    """CRIU's logs of this test: kept when it failed, removed when it passed."""
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:40]
+    keep = Path(tempfile.mkdtemp(prefix=f"snapstart-criu-logs-{label}-"))
+    monkeypatch.setenv("SNAPSTART_KEEP_CRIU_LOGS", str(keep))
+    yield keep
+    failed = any(getattr(request.node, f"rep_{when}", None) is not None
+                 and getattr(request.node, f"rep_{when}").failed for when in ("setup", "call"))
+    if failed and any(keep.iterdir()):
+        print(f"\nCRIU logs of {request.node.nodeid}: {keep}")
+    else:
+        shutil.rmtree(keep, ignore_errors=True)
+
+
 @pytest.fixture
-def manager(settings):
+def managers(settings):
+    """managers(settings=None, **kw) -> a Manager owned by the test (see the module)."""
     from snapstart.manager import Manager
 
     before = _children()
-    mgr = Manager(settings)
-    yield mgr
-    mgr.close()
+    made: list = []
+
+    def make(for_settings: Settings | None = None, **kw):
+        made.append(Manager(for_settings or settings, **kw))
+        return made[-1]
+
+    yield make
+    for mgr in reversed(made):
+        mgr.close()
     leftover = _children() - before
     assert not leftover, f"processes left behind: {_describe(leftover)}"
-    run_dir = settings.shm / "run"
-    assert not run_dir.exists() or not any(run_dir.iterdir()), \
-        f"CRIU work dirs left behind: {list(run_dir.iterdir())}"
-    staging = settings.shm / "staging"
-    assert not staging.exists() or not any(staging.iterdir()), "publish staging left behind"
+    for s in {id(m.settings): m.settings for m in made}.values():
+        run_dir = s.shm / "run"
+        assert not run_dir.exists() or not any(run_dir.iterdir()), \
+            f"CRIU work dirs left behind: {list(run_dir.iterdir())}"
+        staging = s.shm / "staging"
+        assert not staging.exists() or not any(staging.iterdir()), \
+            "publish staging left behind"
+
+
+@pytest.fixture
+def manager(managers):
+    return managers()
 
 
 def fn_config(name: str, handler: str = "app.handler", **kw) -> FunctionConfig:

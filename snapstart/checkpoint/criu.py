@@ -35,6 +35,7 @@ from __future__ import annotations
 import os
 import re
 import select
+import shutil
 import socket
 import subprocess
 import threading
@@ -58,6 +59,23 @@ _CG_IGNORE = 0   # cgroups are the manager's: restored tasks inherit criu's own 
 @dataclass(frozen=True)
 class DumpResult:
     image_bytes: int
+
+
+KEEP_LOGS_ENV = "SNAPSTART_KEEP_CRIU_LOGS"
+
+
+def keep_log(work_dir: Path, name: str) -> None:
+    """With ``SNAPSTART_KEEP_CRIU_LOGS=DIR`` set, copy CRIU's log of one request to DIR
+    before its work dir goes (the integration tests keep those of a failed test)."""
+    keep = os.environ.get(KEEP_LOGS_ENV)
+    if not keep:
+        return
+    try:
+        os.makedirs(keep, exist_ok=True)
+        dest = Path(keep) / f"{time.time_ns()}-{os.getpid()}-{name}"
+        shutil.copyfile(work_dir / name, dest)
+    except OSError:
+        pass
 
 
 def _log_tail(work_dir: Path, name: str, lines: int = 15) -> str:
@@ -215,6 +233,7 @@ class Criu:
         finally:
             os.close(img_fd)
             os.close(work_fd)
+            keep_log(work_dir, "dump.log")
         # The sandbox's cgroups are the manager's (manage_cgroups ignore): without this
         # image a restore does not fork CRIU's cgroup daemon (~0.3 ms) for nothing.
         (images_dir / "cgroup.img").unlink(missing_ok=True)
@@ -290,6 +309,7 @@ class Criu:
         finally:
             worker.close()
             os.close(img_fd)
+            keep_log(worker.work_dir, "restore.log")
         if not resp.success or resp.pid is None:
             raise RestoreError("CRIU could not restore the snapshot", request="restore",
                                errno=resp.cr_errno or 0,

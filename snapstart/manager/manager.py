@@ -455,6 +455,7 @@ class Manager:
         self.ahead.close()
         self.slots.close()
         self.clones.close()
+        self._store = None      # its chunk directory is open until it is collected
 
     def __enter__(self) -> "Manager":
         return self

@@ -41,16 +41,15 @@ def test_publish_then_restored_invoke_runs_init_once(manager, publish):
     assert b"init ran" not in first.logs  # init output belongs to publish, not to a restore
 
 
-def test_restored_ahead_clones_resume_unique_per_request(settings):
+def test_restored_ahead_clones_resume_unique_per_request(settings, managers):
     """restore_ahead: a version invoked once gets a clone restored ahead; a request
     that needs a new clone resumes it (start type restored-pool): its after-restore
     hooks run then, so each pooled clone is still a fresh, unique one."""
     import time
 
     from snapstart.config import FunctionConfig
-    from snapstart.manager import Manager
 
-    with Manager(settings, restore_ahead=1) as manager:
+    with managers(restore_ahead=1) as manager:
         manager.publish(FUNCTIONS_DIR / "hello", FunctionConfig(name="hello",
                                                                 handler="app.handler"))
         first = manager.invoke("hello", b"{}", force_new=True)
@@ -228,7 +227,7 @@ def test_runtime_is_confined(manager, publish, settings):
         assert out["status"]["CapPrm"] == "0000000000000000"
 
 
-def test_encrypted_snapshot_restores_and_hides_secrets(settings, monkeypatch):
+def test_encrypted_snapshot_restores_and_hides_secrets(settings, monkeypatch, managers):
     """SNAPSTART_ENCRYPTION_KEY: chunks, manifest and the registry's environment
     variables are AES-GCM at rest; a restore works with the key; without it the
     function's environment cannot be opened: a clear error, not a start without its
@@ -236,12 +235,11 @@ def test_encrypted_snapshot_restores_and_hides_secrets(settings, monkeypatch):
     from pathlib import Path
 
     from snapstart.config import FunctionConfig
-    from snapstart.manager import Manager
 
     functions = Path(__file__).resolve().parent.parent / "functions"
     monkeypatch.setenv("SNAPSTART_ENCRYPTION_KEY", "ab" * 32)
     secret = "s3cr3t-value-in-env"
-    with Manager(settings) as manager:
+    with managers() as manager:
         manager.publish(functions / "hello", FunctionConfig(
             name="hello", handler="app.handler", environment={"DB_PASSWORD": secret}))
         result = manager.invoke("hello", force_new=True)
@@ -250,7 +248,7 @@ def test_encrypted_snapshot_restores_and_hides_secrets(settings, monkeypatch):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
     monkeypatch.delenv("SNAPSTART_ENCRYPTION_KEY")
-    with Manager(settings) as manager:
+    with managers() as manager:
         manager.store.clear_l1()
         with pytest.raises(ConfigError, match="encrypted"):
             manager.invoke("hello", force_new=True)

@@ -23,7 +23,6 @@ import pytest
 
 from snapstart.config import FunctionConfig
 from snapstart.errors import PublishError, SnapStartError
-from snapstart.manager import Manager
 from snapstart.sandbox.procs import find_inits, members, owner_tag
 from snapstart.sandbox.sandbox import LOG_TAIL_BYTES
 from snapstart.store import LocalStore
@@ -469,8 +468,8 @@ class _Tmpfs:
         self.path.rmdir()
 
 
-def _publish_on_a_full_disk(cramped, small: _Tmpfs) -> tuple[str, float]:
-    with Manager(cramped) as manager:
+def _publish_on_a_full_disk(managers, cramped, small: _Tmpfs) -> tuple[str, float]:
+    with managers(cramped) as manager:
         filler = small.fill(leave_bytes=1 << 20)
         with pytest.raises(SnapStartError) as info:
             manager.publish(FUNCTIONS / "hello", FunctionConfig(name="hello",
@@ -494,20 +493,20 @@ def _publish_on_a_full_disk(cramped, small: _Tmpfs) -> tuple[str, float]:
     return saw, recover
 
 
-def test_disk_full_while_publishing(settings):
+def test_disk_full_while_publishing(settings, managers):
     cramped = dataclasses.replace(settings, home=settings.home.parent / "small-home" / "home")
     leaks = LeakCheck(cramped)
     small = _Tmpfs(cramped.home.parent, 64)
     try:
-        saw, recover = _publish_on_a_full_disk(cramped, small)
+        saw, recover = _publish_on_a_full_disk(managers, cramped, small)
     finally:
         gc.collect()           # the store keeps its chunk directory open until collected
         small.unmount()
     leaks.finish("disk full while publishing (64 MB tmpfs home)", saw, recover)
 
 
-def _invoke_with_a_full_l1(cramped) -> tuple[str, float]:
-    with Manager(cramped) as m:
+def _invoke_with_a_full_l1(managers, cramped) -> tuple[str, float]:
+    with managers(cramped) as m:
         t0 = time.monotonic()
         result = m.invoke("hello", b"{}")
         recover = time.monotonic() - t0
@@ -520,14 +519,14 @@ def _invoke_with_a_full_l1(cramped) -> tuple[str, float]:
     return "cold fallback; note: " + result.notes[0].split("(", 1)[1][:80], recover
 
 
-def test_l1_tmpfs_full_falls_back_cold(manager, publish, settings):
+def test_l1_tmpfs_full_falls_back_cold(manager, publish, settings, managers):
     publish("hello")
     manager.close()
     cramped = dataclasses.replace(settings, shm=settings.home.parent / "tiny-shm")
     leaks = LeakCheck(cramped)
     tiny = _Tmpfs(cramped.shm, 8)
     try:
-        saw, recover = _invoke_with_a_full_l1(cramped)
+        saw, recover = _invoke_with_a_full_l1(managers, cramped)
     finally:
         gc.collect()
         tiny.unmount()

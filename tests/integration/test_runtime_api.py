@@ -172,11 +172,12 @@ CASES = [
 
 @pytest.mark.parametrize("case,cold,check", CASES,
                          ids=[c + ("-cold" if cold else "") for c, cold, _ in CASES])
-def test_malformed_runtime_api_traffic(published, case, cold, check):
+def test_malformed_runtime_api_traffic(published, case, cold, check, managers):
     leaks = LeakCheck(published)
     output = bytearray()
     event = json.dumps({"case": case}).encode()
-    with Manager(published, log_sink=lambda name, stream, data: output.extend(data)) as manager:
+    with managers(published, log_sink=lambda name, stream, data: output.extend(data)) \
+            as manager:
         result = manager.invoke("rapi", event, no_snapshot=cold, force_new=True)
         assert result.start_type == ("cold" if cold else "restored"), result.notes
         # the platform keeps serving: the same clone if it survived, else a new one

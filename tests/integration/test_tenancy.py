@@ -116,7 +116,8 @@ def test_tenants_see_only_their_own_sandbox(manager, settings):
     assert not leaks.check(), leaks.check().summary()
 
 
-def test_clones_of_one_function_share_its_identity_across_versions(manager, settings):
+def test_clones_of_one_function_share_its_identity_across_versions(manager, settings,
+                                                                   managers):
     _publish(manager, "tenant-c", "c")
     first = manager.registry.identity("tenant-c")
     outs = [_out(manager.invoke("tenant-c", b"{}", force_new=True)),
@@ -126,12 +127,7 @@ def test_clones_of_one_function_share_its_identity_across_versions(manager, sett
     outs.append(_out(manager.invoke("tenant-c", b"{}", force_new=True)))
     assert {(o["uid"], o["gid"]) for o in outs} == {first}
     # a new manager (a restart) reads the same ledger
-    from snapstart.manager import Manager
-    again = Manager(Settings.from_env())
-    try:
-        assert again.registry.identity("tenant-c") == first
-    finally:
-        again.close()
+    assert managers(Settings.from_env()).registry.identity("tenant-c") == first
 
 
 def test_stack_trace_shows_var_task_not_the_host(manager, settings):
@@ -145,15 +141,13 @@ def test_stack_trace_shows_var_task_not_the_host(manager, settings):
         assert str(settings.home) not in result.payload.decode()
 
 
-def test_a_0700_home_never_yields_a_root_function(monkeypatch):
-    from snapstart.manager import Manager
-
+def test_a_0700_home_never_yields_a_root_function(monkeypatch, managers):
     base = Path(tempfile.mkdtemp(prefix="snapstart-0700-", dir="/tmp"))   # mode 0700
     assert stat.S_IMODE(base.stat().st_mode) == 0o700
     shm = Path("/dev/shm") / f"snapstart-test-0700-{os.getpid()}"
     monkeypatch.setenv("SNAPSTART_HOME", str(base / "home"))
     monkeypatch.setenv("SNAPSTART_SHM", str(shm))
-    mgr = Manager(Settings.from_env())
+    mgr = managers(Settings.from_env())
     try:
         _publish(mgr, "tenant-e", "e")
         ident = mgr.registry.identity("tenant-e")
