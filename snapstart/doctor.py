@@ -136,17 +136,17 @@ def run_checks(settings: Settings) -> list[Check]:
     # through "other" permission bits (a uid of the range that is nobody's)
     blocked = [p for p in (Path(sys.executable), SITECUSTOMIZE_DIR)
                if p.exists() and unreachable(p, hi, hi) is not None]
+    problem = (f"a function's uid cannot reach {blocked[0]}: its functions would be refused"
+               if blocked else None)
     try:
-        allocated = len(Identities(settings.home, settings.uid_range).all())
-        ledger = f"{allocated} allocated"
+        ledger = f"{len(Identities(settings.home, settings.uid_range).all())} allocated"
     except ConfigError as exc:
-        blocked.append(Path(str(exc)))
-        ledger = "ledger unreadable"
-    checks.append(Check("function identities", not blocked,
-                        f"one uid per function from {lo}-{hi} ({ledger}); never root"
-                        if not blocked else f"a function's uid cannot reach {blocked[0]}: "
-                        "its functions would be refused",
-                        "build the venv with `make` (Debian's /usr/bin/python3)", hard=False))
+        ledger, problem = "ledger unreadable", problem or exc.message
+    checks.append(Check("function identities", problem is None,
+                        problem or f"one uid per function from {lo}-{hi} ({ledger}); never root",
+                        "build the venv with `make` (Debian's /usr/bin/python3); a ledger "
+                        "this snapstart cannot read needs the snapstart that wrote it",
+                        hard=False))
     return checks
 
 
