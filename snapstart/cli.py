@@ -295,6 +295,87 @@ def snapshots_ls(as_json: bool) -> None:
                    f"{'yes' if row.get('encrypted') else 'no'}")
 
 
+@snapshots.command("inspect")
+@click.argument("ref", metavar="NAME[:VERSION]")
+@click.option("--json", "as_json", is_flag=True)
+def snapshots_inspect(ref: str, as_json: bool) -> None:
+    """What a version's snapshot holds and why it is the size it is."""
+    from .checkpoint.inspect import inspect_images
+    from .errors import ConfigError
+    from .registry import LATEST, Registry, parse_ref
+    from .sandbox.mountns import SANDBOX_ROOT, TMP_ARCHIVE
+
+    name, qualifier = parse_ref(ref)
+    info = Registry(_settings()).resolve(name, qualifier)
+    if info.version == LATEST:
+        raise ConfigError(f"{name} has no published version: $LATEST has no snapshot")
+    n = int(info.version)
+    store = _store()
+    manifest, images = store.materialized(name, n)
+    report = inspect_images(images, tmp_archive=TMP_ARCHIVE).to_dict()
+    for row in report["largest"]:
+        if row["path"].startswith(SANDBOX_ROOT + "/"):
+            row["path"] = row["path"][len(SANDBOX_ROOT):]
+    for proc in report["processes"]:
+        if proc["exe"].startswith(SANDBOX_ROOT + "/"):
+            proc["exe"] = proc["exe"][len(SANDBOX_ROOT):]
+    refs = manifest.chunk_refs()
+    stored = {f.path: sum(c.stored_size for c in f.chunks) for f in manifest.files}
+    previous = max((v for v in Registry(_settings()).versions(name) if v < n), default=None)
+    shared_prev = None
+    if previous is not None:
+        try:
+            before = store.manifest(name, previous).chunk_refs()
+            shared_prev = sum(c.raw_size for h, c in refs.items() if h in before)
+        except SnapStartError:
+            shared_prev = None
+    meta = manifest.meta
+    env_names = sorted((meta.get("config") or {}).get("environment") or {})
+    out = {
+        "function": name, "version": n,
+        "made_by": {"snapstart": meta.get("snapstart_version"),
+                    "agent_protocol": meta.get("agent_protocol"),
+                    "agent_layout": meta.get("agent_layout"),
+                    "criu": meta.get("criu_version"), "python": meta.get("python"),
+                    "arch": meta.get("arch"), "created": meta.get("created")},
+        "init_duration_ms": meta.get("init_duration_ms"), "uid": meta.get("uid"),
+        "environment_names": env_names,
+        "logical_bytes": manifest.logical_bytes,
+        "stored_bytes": sum(c.stored_size for c in refs.values()),
+        "shared_with_previous_bytes": shared_prev, "previous_version": previous,
+        "stored_by_file": stored, **report}
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+        return
+    mib = 1 << 20
+    made = out["made_by"]
+    click.echo(f"{name}:{n}  made by snapstart {made['snapstart']} (agent protocol "
+               f"{made['agent_protocol']}, {made['agent_layout']}), CRIU {made['criu']}, "
+               f"Python {made['python']}, {made['arch']}, {made['created']}")
+    click.echo(f"init {out['init_duration_ms'] or 0:.0f} ms  uid {out['uid']}  image "
+               f"{out['logical_bytes'] / mib:.1f} MiB, stored {out['stored_bytes'] / mib:.1f}"
+               " MiB" + (f", {shared_prev / mib:.1f} MiB shared with version {previous}"
+                         if shared_prev is not None else ""))
+    click.echo("environment variables: " + (", ".join(env_names) or "(none)"))
+    click.echo("processes:")
+    for proc in out["processes"]:
+        click.echo(f"  pid {proc['pid']} ({proc['comm']}, {proc['threads']} threads): "
+                   + " ".join(proc["argv"]))
+    click.echo(f"memory by kind:      {'mapped':>10} {'in image':>10}")
+    for kind, sizes in sorted(out["memory"].items(), key=lambda kv: -kv[1]["dumped"]):
+        click.echo(f"  {kind:18} {sizes['mapped'] / mib:9.1f}M {sizes['dumped'] / mib:9.1f}M")
+    click.echo("largest mappings in the image:")
+    for row in out["largest"]:
+        click.echo(f"  {row['dumped'] / mib:7.2f}M  {row['kind']:17} {row['start']:>14}  "
+                   f"{row['path']}")
+    if out["tmp_files"]:
+        click.echo("/tmp left by init:")
+        for f in out["tmp_files"]:
+            click.echo(f"  {f['type']:4} {f['bytes']:>10}  {f['path']}")
+    else:
+        click.echo("/tmp left by init: (empty)")
+
+
 @snapshots.command("verify")
 @click.argument("ref", required=False, metavar="[NAME[:VERSION]]")
 def snapshots_verify(ref: str | None) -> None:

@@ -1,0 +1,55 @@
+"""`snapstart snapshots inspect` (issue 17, inspection part): what a published
+snapshot holds, read from its real CRIU images."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from leaks import serve_env  # noqa: E402
+
+pytestmark = [pytest.mark.requires_root, pytest.mark.requires_criu]
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def _inspect(settings, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snapstart.cli", "snapshots", "inspect",
+                           *args], env=serve_env(settings), capture_output=True, text=True,
+                          timeout=120, cwd=str(PROJECT))
+
+
+def test_inspect_names_processes_memory_tmp_and_environment_names(manager, publish,
+                                                                  settings):
+    publish("tmpfiles", environment={"API_TOKEN": "do-not-print-me"})
+    publish("tmpfiles", environment={"API_TOKEN": "do-not-print-me"})      # version 2
+    proc = _inspect(settings, "tmpfiles", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["version"] == 2 and out["previous_version"] == 1
+    assert out["made_by"]["agent_protocol"] == 2 and out["made_by"]["snapstart"]
+    # the runtime, PID 2 of the sandbox, with its command line read from the image
+    (runtime,) = out["processes"]
+    assert runtime["pid"] == 2 and "_snapstart_runtime" in runtime["argv"]
+    assert runtime["exe"].startswith("/usr/")                  # sandbox path, not host
+    assert out["memory"]["heap"]["dumped"] > 0
+    assert sum(k["dumped"] for k in out["memory"].values()) <= out["logical_bytes"]
+    assert out["largest"] and out["largest"][0]["dumped"] >= out["largest"][-1]["dumped"]
+    assert {"/tmp/init.txt", "/tmp/assets/model.bin"} <= {f["path"] for f in out["tmp_files"]}
+    # names, never values; and most of version 2 is version 1's chunks
+    assert out["environment_names"] == ["API_TOKEN"]
+    assert "do-not-print-me" not in proc.stdout
+    assert out["shared_with_previous_bytes"] > out["logical_bytes"] // 2
+    text = _inspect(settings, "tmpfiles:1")
+    assert text.returncode == 0 and "memory by kind" in text.stdout
+    assert "/tmp/init.txt" in text.stdout and "do-not-print-me" not in text.stdout
+
+
+def test_inspect_refuses_what_has_no_snapshot(manager, settings):
+    proc = _inspect(settings, "missing")
+    assert proc.returncode == 1 and "ResourceNotFoundException" in proc.stderr
+    assert "Traceback" not in proc.stderr
