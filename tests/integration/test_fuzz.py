@@ -233,7 +233,9 @@ def test_fuzz_invoke_api(manager, publish, settings):
         assert ok["StatusCode"] == 200 and "FunctionError" not in ok
         assert sorted(os.listdir(settings.home / "functions")) == ["hello"]
         logs = settings.home / "logs"
-        assert not logs.exists() or sorted(os.listdir(logs)) == ["hello"]
+        # no fuzzed name made a log directory (hello's own log is written after its
+        # response, on the server's log thread: it may still be on its way)
+        assert not logs.exists() or set(os.listdir(logs)) <= {"hello"}
         assert sorted(p.name for p in settings.home.parent.iterdir()
                       if not p.name.startswith("serve-")) == ["home"]
         ours = [block for block in server.output().split("Traceback")[1:]

@@ -317,7 +317,11 @@ def test_metrics_logs_and_cli_endpoint(home, serve):
     assert m["snapstart_restore_duration_seconds_count"] == 2
     assert m["snapstart_concurrent_executions"] == 0
 
-    text = _cli(home, "logs", "hello").stdout
+    # invocation logs are written on the server's log thread, after each response
+    deadline = time.monotonic() + 10
+    while (text := _cli(home, "logs", "hello").stdout).count("\tREPORT RequestId: ") < 4 \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert text.count("\tSTART RequestId: ") == 4 and text.count("\tREPORT RequestId: ") == 4
     assert "hello: handling" in text
     assert _cli(home, "logs", "hello", "--since", "3600").stdout.count("START") == 4
