@@ -306,7 +306,8 @@ def snapshots_inspect(ref: str, as_json: bool) -> None:
     from .sandbox.mountns import SANDBOX_ROOT, TMP_ARCHIVE
 
     name, qualifier = parse_ref(ref)
-    info = Registry(_settings()).resolve(name, qualifier)
+    registry = Registry(_settings())
+    info = registry.resolve(name, qualifier)
     if info.version == LATEST:
         raise ConfigError(f"{name} has no published version: $LATEST has no snapshot")
     n = int(info.version)
@@ -321,7 +322,7 @@ def snapshots_inspect(ref: str, as_json: bool) -> None:
             proc["exe"] = proc["exe"][len(SANDBOX_ROOT):]
     refs = manifest.chunk_refs()
     stored = {f.path: sum(c.stored_size for c in f.chunks) for f in manifest.files}
-    previous = max((v for v in Registry(_settings()).versions(name) if v < n), default=None)
+    previous = max((v for v in registry.versions(name) if v < n), default=None)
     shared_prev = None
     if previous is not None:
         try:
