@@ -268,6 +268,38 @@ def functions_cmd(as_json: bool) -> None:
             click.echo(f"{row['name']}\tversions={row['versions']}\taliases={row['aliases']}")
 
 
+@main.command()
+@click.argument("ref", metavar="NAME[:VERSION]")
+@click.option("--json", "as_json", is_flag=True)
+def check(ref: str, as_json: bool) -> None:
+    """Find values init derives from randomness or the clock that every restored
+    clone would share; exit 1 when there are any (manager/check.py)."""
+    import time
+
+    from .errors import ConfigError
+    from .manager.check import check_uniqueness
+    from .registry import LATEST, Registry, parse_ref
+
+    name, qualifier = parse_ref(ref)
+    info = Registry(_settings()).resolve(name, qualifier)
+    if info.version == LATEST:
+        raise ConfigError(f"{name} has no published version to check")
+    t0 = time.monotonic()
+    findings = check_uniqueness(_settings(), info)
+    took = time.monotonic() - t0
+    if as_json:
+        click.echo(json.dumps({"function": name, "version": info.version,
+                               "seconds": round(took, 2),
+                               "findings": [f.to_dict() for f in findings]}))
+    else:
+        for f in findings:
+            click.echo(f"HAZARD {f.path} = {f.sample}: {f.why}")
+        click.echo(f"{name}:{info.version}: {len(findings)} hazard(s) "
+                   f"(two inits and two restored clones compared, {took:.1f} s)")
+    if findings:
+        sys.exit(1)
+
+
 @main.group()
 def snapshots() -> None:
     """Inspect and maintain the snapshot store."""

@@ -23,6 +23,10 @@ if os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
         # with the snapshot instead of being copied on its first collection.
         import gc
 
+        if os.environ.get("SNAPSTART_CHECK_REPORTS"):      # `snapstart check` runs only
+            import _snapstart_check
+
+            _snapstart_check.before_snapshot(register_after_restore)
         gc.collect()
         gc.freeze()
 

@@ -154,7 +154,7 @@ class Manager:
         # reserved concurrency (limits.py) and provisioned clones
         self.limits = ConcurrencyLimits(self.max_concurrency,
                                         path=self.settings.home / "concurrency.json")
-        self.provisioned = Provisioned(self.registry, self.clones, self._prewarm,
+        self.provisioned = Provisioned(self.registry, self.clones, self.prewarm,
                                        closed=lambda: self._closed)
         self.publisher = Publisher(settings=self.settings, registry=self.registry,
                                    store=lambda: self.store, criu=self.criu, owner=self.owner,
@@ -336,7 +336,7 @@ class Manager:
             shutil.rmtree(slot.work_dir, ignore_errors=True)
         return self.clones.track(sandbox)
 
-    def _prewarm(self, info: VersionInfo) -> Sandbox:
+    def prewarm(self, info: VersionInfo) -> Sandbox:
         """Restore a clone and resume it (after-restore hooks) without an event: IDLE."""
         sandbox = self._restore(info)
         try:

@@ -1,0 +1,109 @@
+"""`snapstart check`: find values a function derives at init that every restored clone
+would share (a UUID, a session id, a key, a start time), before users hit them.
+
+Method, in a private, temporary SNAPSTART_HOME and SNAPSTART_SHM (removed at the
+end; the function's real versions and store are not touched; its code is the
+version's, its identity the function's own):
+
+1. publish the version's code twice: two independent inits, in two sandboxes, with
+   their own randomness and clocks. bootstrap/python/_snapstart_check.py writes what
+   the function's modules hold just before each snapshot (it travels in /tmp);
+2. restore two clones of the first and resume them without an event (no handler
+   runs): the reporter writes what the modules hold after every after-restore hook;
+3. a hazard is a name path whose value differs between the two inits (it came from
+   randomness or the clock) but is equal in the two clones (nothing regenerated it).
+
+Python runtimes only; a module-level ``__snapstart_shared__ = ("NAME", ...)`` marks
+names as intentionally shared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+from ..config import FunctionConfig, Settings
+from ..errors import ConfigError
+from ..registry import VersionInfo
+
+__all__ = ["Finding", "check_uniqueness"]
+
+REPORTS_ENV = "SNAPSTART_CHECK_REPORTS"
+REPORT_DIR = "tmp/.snapstart-check"       # under a sandbox's root / in its /tmp archive
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    path: str              # module.NAME[.attr][key]...
+    sample: str            # redacted: the first characters of one init's value
+    why: str = ("differs between two inits, so it is identical in every restored clone: "
+                "regenerate it in an after-restore hook")
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+def _redact(text: str) -> str:
+    return text[:6] + "..." if len(text) > 10 else text
+
+
+def _init_report(images: Path) -> dict[str, str]:
+    from ..sandbox.mountns import TMP_ARCHIVE
+
+    with tarfile.open(images / TMP_ARCHIVE) as tar:
+        for member in tar.getmembers():
+            if member.name.endswith(".snapstart-check/init.json"):
+                f = tar.extractfile(member)
+                if f is not None:
+                    return json.load(f)
+    raise ConfigError("the function's init left no check report (is it a Python "
+                      "function on awslambdaric?)")
+
+
+def _restored_report(pid: int) -> dict[str, str]:
+    path = Path(f"/proc/{pid}/root/tmp/.snapstart-check/restored.json")
+    return json.loads(path.read_text())
+
+
+def check_uniqueness(settings: Settings, info: VersionInfo) -> list[Finding]:
+    """The hazards of ``info``'s init (see the module docstring)."""
+    from .manager import Manager
+
+    if info.config.runtime != "python":
+        raise ConfigError("snapstart check reads Python runtimes only for now")
+    base = Path(tempfile.mkdtemp(prefix="snapstart-check-", dir="/tmp"))
+    os.chmod(base, 0o711)
+    shm = Path(settings.shm).parent / f"snapstart-check-{base.name}"
+    temp = dataclasses.replace(settings, home=base / "home", shm=shm)
+    try:
+        # the function's own identity in the temporary home
+        temp.home.mkdir(parents=True)
+        uid = info.uid
+        (temp.home / "identities.json").write_text(json.dumps(
+            {"format": 1, "range": list(settings.uid_range),
+             "functions": {info.name: uid}}))
+        os.chmod(temp.home / "identities.json", 0o600)
+        config = FunctionConfig.from_dict(dict(
+            info.config.to_dict(),
+            environment={**info.config.environment, REPORTS_ENV: "1"}))
+        with Manager(temp, keep_warm=True, restore_slots=0) as manager:
+            first = manager.publish(info.code_dir, config)
+            second = manager.publish(info.code_dir, config)
+            init_a = _init_report(manager.store.materialize(info.name, first.version))
+            init_b = _init_report(manager.store.materialize(info.name, second.version))
+            version = manager.registry.version(info.name, first.version)
+            clones = [manager.prewarm(version), manager.prewarm(version)]
+            restored = [_restored_report(c.pid) for c in clones]
+        differs = {p for p in init_a.keys() & init_b.keys() if init_a[p] != init_b[p]}
+        regenerated = {p for p in differs
+                       if restored[0].get(p) != restored[1].get(p)}
+        return [Finding(path=p, sample=_redact(init_a[p]))
+                for p in sorted(differs - regenerated)]
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
