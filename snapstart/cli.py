@@ -104,9 +104,11 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--egress", is_flag=True,
               help="Give clones a veth to the host (link-local 169.254.x.x addresses).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--check", "run_check", is_flag=True,
+              help="Then run `snapstart check` on the new version (exit 1 on hazards).")
 def publish(directory: Path, name: str, handler: str, runtime: str, memory_mb: int,
             timeout_s: float, env: tuple[str, ...], ephemeral_mb: int, egress: bool,
-            as_json: bool) -> None:
+            as_json: bool, run_check: bool) -> None:
     """Init DIRECTORY's function once, snapshot it, record a new immutable version."""
     from .config import FunctionConfig
     from .manager import Manager
@@ -116,12 +118,16 @@ def publish(directory: Path, name: str, handler: str, runtime: str, memory_mb: i
                             ephemeral_storage_mb=ephemeral_mb, egress=egress)
     with Manager(_settings(), keep_warm=False) as manager:
         result = manager.publish(directory, config, progress=sys.stderr.isatty())
-    if as_json:
-        click.echo(json.dumps(result.to_dict()))
-    else:
+        info = manager.registry.version(name, result.version) if run_check else None
+    if not as_json:
         click.echo(f"published {result.name}:{result.version}  init {result.init_duration_ms:.0f} ms"
                    f"  dump {result.dump_duration_ms:.0f} ms  image {result.image_bytes / 2**20:.1f} MiB"
                    f"  stored {result.stored_bytes / 2**20:.1f} MiB")
+    if info is None:
+        if as_json:
+            click.echo(json.dumps(result.to_dict()))
+        return
+    _run_check(info, as_json, extra={"publish": result.to_dict()} if as_json else None)
 
 
 def _result_dict(result) -> dict:
@@ -274,26 +280,39 @@ def functions_cmd(as_json: bool) -> None:
 def check(ref: str, as_json: bool) -> None:
     """Find values init derives from randomness or the clock that every restored
     clone would share; exit 1 when there are any (manager/check.py)."""
-    import time
-
     from .errors import ConfigError
-    from .manager.check import check_uniqueness
     from .registry import LATEST, Registry, parse_ref
 
     name, qualifier = parse_ref(ref)
     info = Registry(_settings()).resolve(name, qualifier)
     if info.version == LATEST:
         raise ConfigError(f"{name} has no published version to check")
+    _run_check(info, as_json)
+
+
+def _run_check(info, as_json: bool, extra: dict | None = None) -> None:
+    """`snapstart check`'s run and output (also `publish --check`)."""
+    import time
+
+    from .manager.check import check_uniqueness
+
+    name = info.name
     t0 = time.monotonic()
-    findings = check_uniqueness(_settings(), info)
+    result = check_uniqueness(_settings(), info)
     took = time.monotonic() - t0
+    findings = result.findings
     if as_json:
-        click.echo(json.dumps({"function": name, "version": info.version,
-                               "seconds": round(took, 2),
-                               "findings": [f.to_dict() for f in findings]}))
+        click.echo(json.dumps({**(extra or {}), "function": name, "version": info.version,
+                               "seconds": round(took, 2), **result.to_dict()}))
     else:
         for f in findings:
             click.echo(f"HAZARD {f.path} = {f.sample}: {f.why}")
+        diff = ", ".join(f"{kind} {n // 1024} KiB" for kind, n in
+                         sorted(result.differing_bytes.items(), key=lambda kv: -kv[1]))
+        click.echo(f"memory that differs between two inits: {diff or 'none'}")
+        if not result.names_compared:
+            click.echo(f"({info.config.runtime}: names are compared for Python functions "
+                       "only; the memory above is what differs)")
         click.echo(f"{name}:{info.version}: {len(findings)} hazard(s) "
                    f"(two inits and two restored clones compared, {took:.1f} s)")
     if findings:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ImageReport", "inspect_images"]
+__all__ = ["ImageReport", "inspect_images", "page_diff"]
 
 PAGE = 4096
 _STACK, _VSYSCALL, _VDSO, _HEAP = 1 << 1, 1 << 2, 1 << 3, 1 << 5
@@ -86,15 +86,7 @@ def inspect_images(images_dir: Path, *, top: int = 8,
         pid = item["pid"]
         core = load(f"core-{pid}.img")[0]
         mm = load(f"mm-{pid}.img")[0]
-        pagemap = load(f"pagemap-{pid}.img")
-        pages_file = images_dir / f"pages-{pagemap[0]['pages_id']}.img"
-        runs = []                 # (vaddr, end, offset in the pages file)
-        offset = 0
-        for run in pagemap[1:]:
-            size = run["nr_pages"] * PAGE
-            if run.get("flags", _PE_PRESENT) & _PE_PRESENT:
-                runs.append((run["vaddr"], run["vaddr"] + size, offset))
-                offset += size
+        pages_file, runs = _runs(images_dir, pid, load)   # (vaddr, end, file offset)
         argv = _read_range(pages_file, runs, mm["mm_arg_start"], mm["mm_arg_end"])
         report.processes.append({
             "pid": pid, "ppid": item.get("ppid", 0), "threads": len(item.get("threads", [])),
@@ -146,3 +138,67 @@ def _read_range(pages_file: Path, runs: list[tuple[int, int, int]], start: int,
             out += f.read(take)
             addr += take
     return bytes(out)
+
+
+def _runs(images_dir: Path, pid: int, load) -> tuple[Path, list[tuple[int, int, int]]]:
+    pagemap = load(f"pagemap-{pid}.img")
+    runs, offset = [], 0
+    for run in pagemap[1:]:
+        size = run["nr_pages"] * PAGE
+        if run.get("flags", _PE_PRESENT) & _PE_PRESENT:
+            runs.append((run["vaddr"], run["vaddr"] + size, offset))
+            offset += size
+    return images_dir / f"pages-{pagemap[0]['pages_id']}.img", runs
+
+
+def page_diff(dir_a: Path, dir_b: Path) -> dict[str, int]:
+    """Bytes of dumped memory that differ between two images of the same function
+    (two independent inits), by memory kind: pages at the same address with other
+    contents, or dumped in one image only. Publishes are deterministic (no ASLR, a
+    fixed hash seed), so what differs came from randomness, the clock or the pids."""
+    import mmap
+
+    import pycriu
+
+    def loader(images_dir: Path):
+        def load(name: str) -> list[dict]:
+            with open(images_dir / name, "rb") as f:
+                return pycriu.images.load(f)["entries"]
+        return load
+
+    load_a, load_b = loader(dir_a), loader(dir_b)
+    files = {e["id"]: e["reg"].get("name", "") for e in load_a("files.img") if e.get("reg")}
+    out: dict[str, int] = {}
+    pids_b = {item["pid"] for item in load_b("pstree.img")}
+    for item in load_a("pstree.img"):
+        pid = item["pid"]
+        if pid not in pids_b:
+            continue
+        pages_a, runs_a = _runs(dir_a, pid, load_a)
+        pages_b, runs_b = _runs(dir_b, pid, load_b)
+        where_b = {}
+        for start, end, offset in runs_b:
+            for addr in range(start, end, PAGE):
+                where_b[addr] = offset + addr - start
+        vmas = load_a(f"mm-{pid}.img")[0]["vmas"]
+        with open(pages_a, "rb") as fa, open(pages_b, "rb") as fb:
+            ma = mmap.mmap(fa.fileno(), 0, prot=mmap.PROT_READ) if runs_a else None
+            mb = mmap.mmap(fb.fileno(), 0, prot=mmap.PROT_READ) if runs_b else None
+            try:
+                for vma in vmas:
+                    path = files.get(vma.get("shmid", -1)) if vma["status"] & (
+                        _FILE_PRIVATE | _FILE_SHARED) else None
+                    kind = _kind(vma, path)
+                    for start, end, offset in runs_a:
+                        lo, hi = max(start, vma["start"]), min(end, vma["end"])
+                        for addr in range(lo, hi, PAGE):
+                            a_off = offset + addr - start
+                            b_off = where_b.get(addr)
+                            if (b_off is None or mb is None or ma is None
+                                    or ma[a_off:a_off + PAGE] != mb[b_off:b_off + PAGE]):
+                                out[kind] = out.get(kind, 0) + PAGE
+            finally:
+                for m in (ma, mb):
+                    if m is not None:
+                        m.close()
+    return out

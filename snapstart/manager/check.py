@@ -13,8 +13,10 @@ version's, its identity the function's own):
 3. a hazard is a name path whose value differs between the two inits (it came from
    randomness or the clock) but is equal in the two clones (nothing regenerated it).
 
-Python runtimes only; a module-level ``__snapstart_shared__ = ("NAME", ...)`` marks
-names as intentionally shared.
+A module-level ``__snapstart_shared__ = ("NAME", ...)`` marks names as intentionally
+shared. A second, language-independent layer compares the two inits' images page by
+page (checkpoint/inspect.py ``page_diff``): how much memory differs, by kind. For
+runtimes other than Python (node, provided) only that layer runs.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ..config import FunctionConfig, Settings
 from ..errors import ConfigError
 from ..registry import VersionInfo
 
-__all__ = ["Finding", "check_uniqueness"]
+__all__ = ["Finding", "CheckResult", "check_uniqueness"]
 
 REPORTS_ENV = "SNAPSTART_CHECK_REPORTS"
 REPORT_DIR = "tmp/.snapstart-check"       # under a sandbox's root / in its /tmp archive
@@ -46,6 +48,18 @@ class Finding:
 
     def to_dict(self) -> dict[str, str]:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    findings: list[Finding]
+    differing_bytes: dict[str, int]        # memory kind -> bytes differing between inits
+    names_compared: bool                   # False: no name-level report (not Python)
+
+    def to_dict(self) -> dict:
+        return {"findings": [f.to_dict() for f in self.findings],
+                "differing_bytes": self.differing_bytes,
+                "names_compared": self.names_compared}
 
 
 def _redact(text: str) -> str:
@@ -70,12 +84,12 @@ def _restored_report(pid: int) -> dict[str, str]:
     return json.loads(path.read_text())
 
 
-def check_uniqueness(settings: Settings, info: VersionInfo) -> list[Finding]:
+def check_uniqueness(settings: Settings, info: VersionInfo) -> CheckResult:
     """The hazards of ``info``'s init (see the module docstring)."""
+    from ..checkpoint.inspect import page_diff
     from .manager import Manager
 
-    if info.config.runtime != "python":
-        raise ConfigError("snapstart check reads Python runtimes only for now")
+    python = info.config.runtime == "python"
     base = Path(tempfile.mkdtemp(prefix="snapstart-check-", dir="/tmp"))
     os.chmod(base, 0o711)
     shm = Path(settings.shm).parent / f"snapstart-check-{base.name}"
@@ -88,22 +102,29 @@ def check_uniqueness(settings: Settings, info: VersionInfo) -> list[Finding]:
             {"format": 1, "range": list(settings.uid_range),
              "functions": {info.name: uid}}))
         os.chmod(temp.home / "identities.json", 0o600)
-        config = FunctionConfig.from_dict(dict(
-            info.config.to_dict(),
-            environment={**info.config.environment, REPORTS_ENV: "1"}))
+        env = dict(info.config.environment)
+        if python:
+            env[REPORTS_ENV] = "1"
+        config = FunctionConfig.from_dict(dict(info.config.to_dict(), environment=env))
         with Manager(temp, keep_warm=True, restore_slots=0) as manager:
             first = manager.publish(info.code_dir, config)
             second = manager.publish(info.code_dir, config)
-            init_a = _init_report(manager.store.materialize(info.name, first.version))
-            init_b = _init_report(manager.store.materialize(info.name, second.version))
+            images_a = manager.store.materialize(info.name, first.version)
+            images_b = manager.store.materialize(info.name, second.version)
+            differing = page_diff(images_a, images_b)
+            if not python:
+                return CheckResult(findings=[], differing_bytes=differing,
+                                   names_compared=False)
+            init_a, init_b = _init_report(images_a), _init_report(images_b)
             version = manager.registry.version(info.name, first.version)
             clones = [manager.prewarm(version), manager.prewarm(version)]
             restored = [_restored_report(c.pid) for c in clones]
         differs = {p for p in init_a.keys() & init_b.keys() if init_a[p] != init_b[p]}
         regenerated = {p for p in differs
                        if restored[0].get(p) != restored[1].get(p)}
-        return [Finding(path=p, sample=_redact(init_a[p]))
-                for p in sorted(differs - regenerated)]
+        findings = [Finding(path=p, sample=_redact(init_a[p]))
+                    for p in sorted(differs - regenerated)]
+        return CheckResult(findings=findings, differing_bytes=differing, names_compared=True)
     finally:
         shutil.rmtree(shm, ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)

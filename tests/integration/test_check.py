@@ -37,6 +37,8 @@ def test_check_reports_each_hazard_by_name_path_and_leaves_nothing(manager, publ
     assert paths == {"app.INSTANCE_ID", "app.STARTED_AT", "app.CLIENT.session['key']"}
     for finding in out["findings"]:
         assert "after-restore hook" in finding["why"] and len(finding["sample"]) <= 12
+    # the language-independent layer: memory that differs between the two inits
+    assert out["names_compared"] and sum(out["differing_bytes"].values()) > 0
     # the published version and its store are untouched; no temporary home is left
     assert manager.registry.versions("hazards") == versions
     assert manager.store.versions("hazards") == stored
@@ -51,9 +53,25 @@ def test_a_deterministic_function_is_clean(manager, publish, settings):
     assert "errors:1: 0 hazard(s)" in proc.stdout
 
 
-def test_check_refuses_what_it_cannot_check(manager, publish, settings):
+def test_other_runtimes_get_the_memory_layer_and_unknown_names_an_error(manager, publish,
+                                                                       settings):
     proc = _check(settings, "missing")
     assert proc.returncode == 1 and "ResourceNotFoundException" in proc.stderr
     publish("provided-echo", runtime="provided", handler="echo")
     proc = _check(settings, "provided-echo")
-    assert proc.returncode == 1 and "Python runtimes only" in proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "memory that differs between two inits:" in proc.stdout
+    assert "names are compared for Python functions only" in proc.stdout
+
+
+def test_publish_check_publishes_then_reports(manager, settings):
+    proc = subprocess.run([sys.executable, "-m", "snapstart.cli", "publish",
+                           str(PROJECT / "tests/functions/hazards"), "--name", "hz",
+                           "--handler", "app.handler", "--check"],
+                          env=serve_env(settings), capture_output=True, text=True,
+                          timeout=300, cwd=str(PROJECT))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.startswith("published hz:1")
+    assert "HAZARD app.INSTANCE_ID" in proc.stdout
+    assert manager.registry.versions("hz") == [1]          # published all the same
+
