@@ -92,7 +92,7 @@ def check_uniqueness(settings: Settings, info: VersionInfo) -> CheckResult:
     python = info.config.runtime == "python"
     base = Path(tempfile.mkdtemp(prefix="snapstart-check-", dir="/tmp"))
     os.chmod(base, 0o711)
-    shm = Path(settings.shm).parent / f"snapstart-check-{base.name}"
+    shm = Path(settings.shm).parent / base.name          # snapstart-check-XXXX
     temp = dataclasses.replace(settings, home=base / "home", shm=shm)
     try:
         # the function's own identity in the temporary home
