@@ -136,6 +136,20 @@ class Identities:
         finally:
             os.close(fd)
 
+    def adopt(self, name: str, uid: int) -> None:
+        """Record ``name`` as ``uid`` in this (new) ledger: a function's identity
+        carried into another home (`snapstart check` runs in a temporary one)."""
+        if uid < MIN_ID:
+            raise ConfigError(f"refusing identity {uid} for {name}: below {MIN_ID}")
+        with self._locked():
+            functions = dict(self._read())
+            current = functions.get(name)
+            others = {u for n, u in functions.items() if n != name}
+            if (current is not None and current != uid) or uid in others:
+                raise ConfigError(f"{self.path}: {name} or uid {uid} is taken already")
+            functions[name] = uid
+            self._write(functions)
+
     def ensure(self, name: str) -> tuple[tuple[int, int], bool]:
         """The function's (uid, gid), allocated on first use; and whether it is new."""
         found = self.get(name)
@@ -155,12 +169,16 @@ class Identities:
                 raise ConfigError(f"no free function identity left in SNAPSTART_UID_RANGE "
                                   f"{lo}-{hi} ({len(used)} allocated)")
             uid = functions[name] = free
-            tmp = self.path.with_name(f".identities.json.{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump({"format": LEDGER_FORMAT, "range": [lo, hi],
-                           "functions": functions}, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            self._write(functions)
             return (uid, uid), True
+
+    def _write(self, functions: dict[str, int]) -> None:
+        """The ledger, atomically and root-only (under the lock)."""
+        tmp = self.path.with_name(f".identities.json.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"format": LEDGER_FORMAT, "range": list(self.range),
+                       "functions": functions}, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)

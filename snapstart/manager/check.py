@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ..config import FunctionConfig, Settings
 from ..errors import ConfigError
+from ..identities import Identities
 from ..registry import VersionInfo
 
 __all__ = ["Finding", "CheckResult", "check_uniqueness"]
@@ -96,12 +97,7 @@ def check_uniqueness(settings: Settings, info: VersionInfo) -> CheckResult:
     temp = dataclasses.replace(settings, home=base / "home", shm=shm)
     try:
         # the function's own identity in the temporary home
-        temp.home.mkdir(parents=True)
-        uid = info.uid
-        (temp.home / "identities.json").write_text(json.dumps(
-            {"format": 1, "range": list(settings.uid_range),
-             "functions": {info.name: uid}}))
-        os.chmod(temp.home / "identities.json", 0o600)
+        Identities(temp.home, settings.uid_range).adopt(info.name, info.uid)
         env = dict(info.config.environment)
         if python:
             env[REPORTS_ENV] = "1"

@@ -71,6 +71,16 @@ def test_exhausted_range_is_a_clear_error(tmp_path, monkeypatch):
         ids.ensure("two")
 
 
+def test_adopt_carries_an_identity_into_another_home(tmp_path):
+    ids = Identities(tmp_path, (700000, 700099))
+    ids.adopt("f", 700042)
+    assert ids.get("f") == (700042, 700042)
+    ids.adopt("f", 700042)                                   # idempotent
+    for name, uid in (("f", 700043), ("g", 700042), ("h", 0)):
+        with pytest.raises(ConfigError):
+            ids.adopt(name, uid)
+
+
 def test_unknown_ledger_format_is_refused(tmp_path):
     (tmp_path / "identities.json").write_text('{"format": 99, "functions": {}}')
     with pytest.raises(ConfigError, match="format 99"):
