@@ -364,13 +364,7 @@ def snapshots_inspect(ref: str, as_json: bool) -> None:
     n = int(info.version)
     store = _store()
     manifest, images = store.materialized(name, n)
-    report = inspect_images(images, tmp_archive=TMP_ARCHIVE).to_dict()
-    for row in report["largest"]:
-        if row["path"].startswith(SANDBOX_ROOT + "/"):
-            row["path"] = row["path"][len(SANDBOX_ROOT):]
-    for proc in report["processes"]:
-        if proc["exe"].startswith(SANDBOX_ROOT + "/"):
-            proc["exe"] = proc["exe"][len(SANDBOX_ROOT):]
+    report = inspect_images(images, tmp_archive=TMP_ARCHIVE, root=SANDBOX_ROOT).to_dict()
     refs = manifest.chunk_refs()
     stored = {f.path: sum(c.stored_size for c in f.chunks) for f in manifest.files}
     previous = max((v for v in registry.versions(name) if v < n), default=None)

@@ -65,21 +65,37 @@ def _kind(vma: dict, path: str | None) -> str:
     return "anonymous"
 
 
-def inspect_images(images_dir: Path, *, top: int = 8,
-                   tmp_archive: str | None = None) -> ImageReport:
-    """``tmp_archive``: the name of the archive of /tmp next to the images, if any
-    (sandbox/mountns.py's TMP_ARCHIVE)."""
+def _loader(images_dir: Path):
+    """load(name) -> the entries of one image file (pycriu's decoders)."""
     import pycriu
 
     def load(name: str) -> list[dict]:
         with open(images_dir / name, "rb") as f:
             return pycriu.images.load(f)["entries"]
+    return load
 
+
+def _file_names(load, root: str | None) -> dict[int, str]:
+    """{file id: path} of the regular files the images name, ``root`` (the sandbox
+    root the dump saw them under) stripped."""
     files: dict[int, str] = {}
     for entry in load("files.img"):
         reg = entry.get("reg")
         if reg:
-            files[entry["id"]] = reg.get("name", "")
+            name = reg.get("name", "")
+            if root and name.startswith(root.rstrip("/") + "/"):
+                name = name[len(root.rstrip("/")):]
+            files[entry["id"]] = name
+    return files
+
+
+def inspect_images(images_dir: Path, *, top: int = 8, tmp_archive: str | None = None,
+                   root: str | None = None) -> ImageReport:
+    """``tmp_archive``: the name of the archive of /tmp next to the images, if any
+    (sandbox/mountns.py's TMP_ARCHIVE); ``root``: the sandbox root to strip from
+    the paths of files (sandbox/mountns.py's SANDBOX_ROOT)."""
+    load = _loader(images_dir)
+    files = _file_names(load, root)
     report = ImageReport()
     mappings: list[dict[str, Any]] = []
     for item in load("pstree.img"):
@@ -158,16 +174,8 @@ def page_diff(dir_a: Path, dir_b: Path) -> dict[str, int]:
     fixed hash seed), so what differs came from randomness, the clock or the pids."""
     import mmap
 
-    import pycriu
-
-    def loader(images_dir: Path):
-        def load(name: str) -> list[dict]:
-            with open(images_dir / name, "rb") as f:
-                return pycriu.images.load(f)["entries"]
-        return load
-
-    load_a, load_b = loader(dir_a), loader(dir_b)
-    files = {e["id"]: e["reg"].get("name", "") for e in load_a("files.img") if e.get("reg")}
+    load_a, load_b = _loader(dir_a), _loader(dir_b)
+    files = _file_names(load_a, None)
     out: dict[str, int] = {}
     pids_b = {item["pid"] for item in load_b("pstree.img")}
     for item in load_a("pstree.img"):

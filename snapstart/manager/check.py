@@ -29,7 +29,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ..config import FunctionConfig, Settings
+from ..config import Settings
 from ..errors import ConfigError
 from ..identities import Identities
 from ..registry import VersionInfo
@@ -37,7 +37,7 @@ from ..registry import VersionInfo
 __all__ = ["Finding", "CheckResult", "check_uniqueness"]
 
 REPORTS_ENV = "SNAPSTART_CHECK_REPORTS"
-REPORT_DIR = "tmp/.snapstart-check"       # under a sandbox's root / in its /tmp archive
+REPORT_DIR = ".snapstart-check"     # in a sandbox's /tmp (bootstrap/python/_snapstart_check.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +72,7 @@ def _init_report(images: Path) -> dict[str, str]:
 
     with tarfile.open(images / TMP_ARCHIVE) as tar:
         for member in tar.getmembers():
-            if member.name.endswith(".snapstart-check/init.json"):
+            if member.name.endswith(f"{REPORT_DIR}/init.json"):
                 f = tar.extractfile(member)
                 if f is not None:
                     return json.load(f)
@@ -81,7 +81,7 @@ def _init_report(images: Path) -> dict[str, str]:
 
 
 def _restored_report(pid: int) -> dict[str, str]:
-    path = Path(f"/proc/{pid}/root/tmp/.snapstart-check/restored.json")
+    path = Path(f"/proc/{pid}/root/tmp/{REPORT_DIR}/restored.json")
     return json.loads(path.read_text())
 
 
@@ -101,7 +101,7 @@ def check_uniqueness(settings: Settings, info: VersionInfo) -> CheckResult:
         env = dict(info.config.environment)
         if python:
             env[REPORTS_ENV] = "1"
-        config = FunctionConfig.from_dict(dict(info.config.to_dict(), environment=env))
+        config = dataclasses.replace(info.config, environment=env)
         with Manager(temp, keep_warm=True, restore_slots=0) as manager:
             first = manager.publish(info.code_dir, config)
             second = manager.publish(info.code_dir, config)
