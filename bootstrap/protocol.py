@@ -24,6 +24,8 @@ sends ``hello`` as its first frame, the host records its ``v`` in the snapshot's
 manifest at publish (``agent_protocol``), and refuses to restore a snapshot whose
 version it does not speak (``SUPPORTED``), falling back to a cold start. Version 1
 (no ``hello``; snapshots made before it was introduced) is not spoken any more.
+Version 3 added streamed responses (``stream``, ``stream_chunk``); a version 2 agent
+never sends them, so the host speaks both.
 
 Layouts (``hello.layout``)
 --------------------------
@@ -59,7 +61,15 @@ Agent -> host
                        hooks are done); the tree is quiescent and may be dumped
     init_error     {type, body: bin}       POST /init/error
     restore_error  {type, body: bin}       POST /restore/error
-    response       {id, payload: bin}      POST /invocation/{id}/response
+    response       {id, payload: bin}      POST /invocation/{id}/response (after a
+                                            streamed one: empty, the body went as chunks)
+    stream         {id, content_type}      (v3) the runtime began a streamed response
+                                            (Lambda-Runtime-Function-Response-Mode:
+                                            streaming); the body follows as
+    stream_chunk   {id, data: bin}         (v3) chunks, in order, as they arrive (at most
+                                            20 MiB in all); then ``response``, or ``error``
+                                            (the runtime's error trailers, decoded, or
+                                            Function.ResponseSizeTooLarge)
     error          {id, type, body: bin}   POST /invocation/{id}/error (or an agent-side
                                             failure such as Function.ResponseSizeTooLarge)
     log            {data: bin}             the runtime's stdout/stderr, in order; output
@@ -90,8 +100,8 @@ import msgpack
 __all__ = ["VERSION", "SUPPORTED", "MAX_FRAME", "ProtocolError", "encode", "FrameReader",
            "send", "recv"]
 
-VERSION = 2
-SUPPORTED = frozenset({2})
+VERSION = 3
+SUPPORTED = frozenset({2, 3})
 MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 

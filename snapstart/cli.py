@@ -160,6 +160,24 @@ def _report(result, version: str, memory_mb: int) -> None:
                            restore_duration_ms=result.restore_duration_ms), err=True)
 
 
+class _StdoutSink:
+    """``invoke --stream``: a streamed response's bytes to stdout as they arrive."""
+
+    def __init__(self) -> None:
+        self.wrote = False
+
+    def begin(self, content_type: str) -> None:
+        pass
+
+    def chunk(self, data: bytes) -> None:
+        self.wrote = self.wrote or bool(data)
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        except (OSError, ValueError):
+            pass                            # stdout closed: the invocation goes on
+
+
 @main.command()
 @click.argument("ref", metavar="NAME[:VERSION|:ALIAS]")
 @click.option("--payload", default=None, help="JSON event (default {}).")
@@ -172,17 +190,30 @@ def _report(result, version: str, memory_mb: int) -> None:
               help="Invoke N times in a row on one manager (the first restores, then warm).")
 @click.option("--endpoint", envvar="SNAPSTART_ENDPOINT", default=None,
               help="Invoke through a `snapstart serve` endpoint.")
+@click.option("--stream", is_flag=True,
+              help="Print a streamed response's chunks as they arrive (InvokeWithResponseStream).")
 @click.option("--json", "as_json", is_flag=True)
 def invoke(ref: str, payload: str | None, payload_file, log_type: str, no_snapshot: bool,
-           clones: int | None, repeat: int, endpoint: str | None, as_json: bool) -> None:
+           clones: int | None, repeat: int, endpoint: str | None, stream: bool,
+           as_json: bool) -> None:
     """Invoke a function: restored from its snapshot by default."""
     from .registry import parse_ref
 
+    if stream and (clones or repeat > 1 or as_json):
+        raise click.UsageError("--stream prints one invocation's bytes: no --clones, "
+                               "--repeat or --json")
     body = payload_file.read() if payload_file else (payload or "{}").encode()
     name, qualifier = parse_ref(ref)
     invoke_ms: dict[str, float] = {}      # request sent -> response, in this process
     results: list[InvokeResult | SnapStartError]
-    if endpoint:
+    sink = _StdoutSink() if stream else None
+    if endpoint and sink is not None:
+        from .invoke_api.client import invoke_remote_stream
+        remote = invoke_remote_stream(endpoint, name, qualifier, body, sink,
+                                      tail=log_type == "Tail")
+        results = [remote]
+        version, memory = remote.executed_version, 0
+    elif endpoint:
         from .invoke_api.client import invoke_remote
         remote = invoke_remote(endpoint, name, qualifier, body, tail=log_type == "Tail")
         results = [remote]
@@ -205,7 +236,7 @@ def invoke(ref: str, payload: str | None, payload_file, log_type: str, no_snapsh
                 for _ in range(repeat):
                     t0 = time.perf_counter()
                     result = manager.invoke_version(info, body, no_snapshot=no_snapshot,
-                                                    qualifier=qualifier)
+                                                    qualifier=qualifier, sink=sink)
                     invoke_ms[result.request_id] = (time.perf_counter() - t0) * 1000
                     results.append(result)
     rows = []
@@ -230,7 +261,12 @@ def invoke(ref: str, payload: str | None, payload_file, log_type: str, no_snapsh
         click.echo(json.dumps(rows if (clones or repeat > 1) else rows[0]))
     else:
         for item in results:
-            if not isinstance(item, SnapStartError):
+            if isinstance(item, SnapStartError):
+                continue
+            if sink is not None and sink.wrote:
+                click.echo()                # end the streamed bytes' last line
+            if sink is None or item.function_error or not (sink.wrote or
+                                                           item.stream_content_type):
                 click.echo(item.payload.decode("utf-8", "replace"))
     if failures:
         sys.exit(1)

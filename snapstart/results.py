@@ -10,9 +10,10 @@ the standard library.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
-__all__ = ["StartType", "InvokeRequest", "InvokeResult"]
+__all__ = ["StartType", "InvokeRequest", "InvokeResult", "ResponseSink"]
 
 
 class StartType(enum.StrEnum):
@@ -24,6 +25,18 @@ class StartType(enum.StrEnum):
     WARM = "warm"                    # an idle clone that had served before
 
 
+class ResponseSink(Protocol):
+    """Where a streamed response goes as it arrives (InvokeWithResponseStream, the
+    CLI's ``invoke --stream``). Called on the invoking thread, in order: ``begin``
+    once, then ``chunk`` per piece; it must not block for long (the runtime's next
+    bytes wait) and must not raise. A response that is not streamed never calls it:
+    it is the result's payload."""
+
+    def begin(self, content_type: str) -> None: ...
+
+    def chunk(self, data: bytes) -> None: ...
+
+
 @dataclass(frozen=True)
 class InvokeRequest:
     request_id: str
@@ -32,6 +45,8 @@ class InvokeRequest:
     timeout_s: float
     trace_id: str | None = None
     client_context: str | None = None
+    # a streamed response's chunks go here; without one they become the payload
+    sink: ResponseSink | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -47,3 +62,6 @@ class InvokeResult:
     max_memory_used_mb: int | None = None
     executed_version: str = ""
     notes: tuple[str, ...] = ()
+    # the runtime streamed its response: its content type; the bytes went to the
+    # request's sink (payload b"") or, without one, are the payload
+    stream_content_type: str | None = None

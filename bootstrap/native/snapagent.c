@@ -24,10 +24,19 @@
  * Routes (prefix /2018-06-01/runtime):
  *   GET  /invocation/next                 200 event + Lambda-Runtime-* headers
  *   POST /invocation/{id}/response        202 | 400 InvalidRequestID | 413
+ *                                         (buffered, or streamed: below)
  *   POST /invocation/{id}/error           202 | 400
  *   POST /init/error                      202 | 403 after init
  *   GET  /restore/next                    200 once resumed | 403 if not snap-start
  *   POST /restore/error                   202 | 403 before a resume
+ *
+ * Streamed responses (Lambda-Runtime-Function-Response-Mode: streaming, e.g. node's
+ * awslambda.streamifyResponse): the body of the running invocation's response is not
+ * buffered but forwarded to the host as it arrives ("stream", then "stream_chunk"
+ * frames), up to 20 MiB; the result frame follows when the body ends: "response"
+ * (empty payload), or "error" when the runtime sent the error trailers
+ * (Lambda-Runtime-Function-Error-Type / -Body, the body base64: decoded here) or the
+ * stream outgrew its limit (Function.ResponseSizeTooLarge).
  */
 #define _GNU_SOURCE
 #include "snapagent.h"
@@ -53,6 +62,7 @@
 
 #define API_PORT 9001
 #define MAX_REQUEST_BODY (6 * 1024 * 1024)   /* Lambda's sync response limit */
+#define MAX_STREAM_BODY (20 * 1024 * 1024)   /* Lambda's streamed response limit */
 #define MAX_ERROR_BODY (1024 * 1024)
 #define MAX_HEAD (64 * 1024)
 #define MAX_FRAME (16 * 1024 * 1024)
@@ -60,6 +70,8 @@
 #define PREFIX "/2018-06-01/runtime"
 #define INVOCATION PREFIX "/invocation/"
 #define ERROR_TYPE_HEADER "lambda-runtime-function-error-type"
+#define ERROR_BODY_TRAILER "lambda-runtime-function-error-body"
+#define RESPONSE_MODE_HEADER "lambda-runtime-function-response-mode"
 
 /* ---- the runtime's phases ------------------------------------------------------ */
 
@@ -103,6 +115,10 @@ struct conn {
 	int too_large;
 	int chunk_state;            /* 0 size line, 1 data, 2 data CRLF, 3 trailers, 4 done */
 	size_t chunk_left;
+	int streaming;              /* Lambda-Runtime-Function-Response-Mode: streaming */
+	char content_type[129];
+	char *stream_id;            /* forwarding this invocation's response as it arrives */
+	struct buf error_body;      /* the Lambda-Runtime-Function-Error-Body trailer */
 	struct conn *next_all;
 };
 
@@ -141,6 +157,7 @@ static struct marker m_listener = { K_LISTENER }, m_ctl = { K_CTL }, m_log = { K
 		     m_signal = { K_SIGNAL };
 
 static void process_conn(struct conn *c);
+static long b64_decode(char *s, size_t n);
 static void dispatch(void);
 
 static void die(int code)
@@ -383,6 +400,11 @@ static void reset_request(struct conn *c)
 	c->too_large = 0;
 	c->chunk_state = 0;
 	c->chunk_left = 0;
+	c->streaming = 0;
+	c->content_type[0] = 0;
+	free(c->stream_id);
+	c->stream_id = NULL;
+	buf_free(&c->error_body);
 }
 
 static void remove_waiter(struct conn *c)
@@ -618,7 +640,25 @@ static void route_result(struct conn *c, const char *id, int is_error, const cha
 	A.finished[A.finished_next] = strdup(rid);
 	A.finished_next = (A.finished_next + 1) % FINISHED_KEPT;
 	snprintf(type, sizeof(type), "%s", error_type(c));
-	if (c->too_large) {
+	if (c->stream_id && c->too_large) {
+		static const char big[] =
+			"{\"errorMessage\": \"Response payload size exceeded maximum allowed payload "
+			"size (20971520 bytes).\", \"errorType\": \"Function.ResponseSizeTooLarge\"}";
+
+		error_reply(c, 413, "RequestEntityTooLarge", "streamed response exceeds 20971520 bytes");
+		drain_logs();
+		emit_typed("error", rid, "Function.ResponseSizeTooLarge", big, sizeof(big) - 1, 0);
+	} else if (c->stream_id && c->error_type[0]) {
+		/* the runtime failed mid-stream: its error came in the trailers */
+		long dn = c->error_body.data ? b64_decode(c->error_body.data, c->error_body.len) : 0;
+
+		ok202(c);
+		drain_logs();
+		if (dn < 0)
+			emit_typed("error", rid, type, c->error_body.data, c->error_body.len, 0);
+		else
+			emit_typed("error", rid, type, dn ? c->error_body.data : "", (size_t)dn, 0);
+	} else if (c->too_large) {
 		static const char big[] =
 			"{\"errorMessage\": \"Response payload size exceeded maximum allowed payload "
 			"size (6291456 bytes).\", \"errorType\": \"Function.ResponseSizeTooLarge\"}";
@@ -811,6 +851,11 @@ static int parse_head(struct conn *c, char *p, size_t n, const char **why)
 		} else if (nl == sizeof(ERROR_TYPE_HEADER) - 1 &&
 			   !strncasecmp(line, ERROR_TYPE_HEADER, nl)) {
 			snprintf(c->error_type, sizeof(c->error_type), "%.*s", (int)(ve - v), v);
+		} else if (nl == sizeof(RESPONSE_MODE_HEADER) - 1 &&
+			   !strncasecmp(line, RESPONSE_MODE_HEADER, nl)) {
+			c->streaming = ve - v == 9 && !strncasecmp(v, "streaming", 9);
+		} else if (nl == 12 && !strncasecmp(line, "content-type", 12)) {
+			snprintf(c->content_type, sizeof(c->content_type), "%.*s", (int)(ve - v), v);
 		}
 	}
 	if (c->chunked)
@@ -818,8 +863,104 @@ static int parse_head(struct conn *c, char *p, size_t n, const char **why)
 	return 0;
 }
 
+static void emit_chunk(const char *id, const char *data, size_t n)
+{
+	struct frame f;
+
+	drain_logs();           /* what the function printed before it wrote this */
+	frame_begin(&f, "stream_chunk", 2);
+	mp_cstr(&f.b, "id");
+	mp_cstr(&f.b, id);
+	mp_cstr(&f.b, "data");
+	mp_bin(&f.b, data, n);
+	emit_frame(&f);
+}
+
+/* a request head was parsed: a streamed response of the running invocation is
+ * forwarded from now on (anything else is buffered and routed when complete) */
+static void stream_begin(struct conn *c)
+{
+	const char *id = c->target + sizeof(INVOCATION) - 1;
+	size_t n;
+	struct frame f;
+
+	if (!c->streaming || strcmp(c->method, "POST") || A.phase != INVOKING || !A.current ||
+	    strncmp(c->target, INVOCATION, sizeof(INVOCATION) - 1))
+		return;
+	n = strlen(A.current);
+	if (strncmp(id, A.current, n) || strcmp(id + n, "/response"))
+		return;
+	c->stream_id = strdup(A.current);
+	if (!c->stream_id)
+		return;
+	drain_logs();
+	frame_begin(&f, "stream", 2);
+	mp_cstr(&f.b, "id");
+	mp_cstr(&f.b, c->stream_id);
+	mp_cstr(&f.b, "content_type");
+	mp_cstr(&f.b, c->content_type[0] ? c->content_type : "application/octet-stream");
+	emit_frame(&f);
+}
+
+/* a trailer line [p, eol) of a chunked body */
+static void trailer_line(struct conn *c, const char *p, const char *eol)
+{
+	const char *colon = memchr(p, ':', (size_t)(eol - p)), *v, *ve;
+	size_t nl;
+
+	if (!colon)
+		return;
+	nl = (size_t)(colon - p);
+	for (v = colon + 1; v < eol && (*v == ' ' || *v == '\t'); v++)
+		;
+	for (ve = eol; ve > v && (ve[-1] == ' ' || ve[-1] == '\t'); ve--)
+		;
+	if (nl == sizeof(ERROR_TYPE_HEADER) - 1 && !strncasecmp(p, ERROR_TYPE_HEADER, nl))
+		snprintf(c->error_type, sizeof(c->error_type), "%.*s", (int)(ve - v), v);
+	else if (nl == sizeof(ERROR_BODY_TRAILER) - 1 && !strncasecmp(p, ERROR_BODY_TRAILER, nl) &&
+		 (size_t)(ve - v) <= 2 * MAX_ERROR_BODY) {
+		buf_free(&c->error_body);
+		buf_put(&c->error_body, v, (size_t)(ve - v));
+	}
+}
+
+/* decode base64 in place; the decoded length, or -1 if it is not base64 */
+static long b64_decode(char *s, size_t n)
+{
+	size_t i, out = 0;
+	unsigned acc = 0;
+	int bits = 0;
+
+	for (i = 0; i < n; i++) {
+		int ch = (unsigned char)s[i], d;
+
+		if (ch == '=')
+			break;
+		d = ch >= 'A' && ch <= 'Z' ? ch - 'A' : ch >= 'a' && ch <= 'z' ? ch - 'a' + 26 :
+		    ch >= '0' && ch <= '9' ? ch - '0' + 52 : ch == '+' || ch == '-' ? 62 :
+		    ch == '/' || ch == '_' ? 63 : -1;
+		if (d < 0)
+			return -1;
+		acc = (acc << 6) | (unsigned)d;
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			s[out++] = (char)(acc >> bits);
+		}
+	}
+	return (long)out;
+}
+
 static void body_bytes(struct conn *c, const char *p, size_t n)
 {
+	if (c->stream_id) {
+		c->body_seen += n;
+		if (c->body_seen > MAX_STREAM_BODY)
+			c->too_large = 1;          /* what fit was sent; the rest is dropped */
+		else if (n)
+			emit_chunk(c->stream_id, p, n);
+		return;
+	}
 	c->body_seen += n;
 	if (c->body_seen > MAX_REQUEST_BODY + 1024) {
 		c->too_large = 1;
@@ -872,6 +1013,8 @@ static int read_body(struct conn *c, size_t *used)
 				*used = (size_t)(p - c->in.data);
 				c->chunk_state = 4;
 				return 1;
+			} else {
+				trailer_line(c, p, eol);
 			}
 			p = eol + 2;
 		} else if (c->chunk_state == 1) {
@@ -944,6 +1087,7 @@ static void parse_requests(struct conn *c)
 			}
 			c->have_head = 1;
 			consume(c, (size_t)(blank + 4 - p));
+			stream_begin(c);
 		}
 		{
 			size_t used;

@@ -3,6 +3,8 @@
 Routes (paths and shapes from botocore's lambda service model)::
 
     POST   /2015-03-31/functions/{FunctionName}/invocations        Invoke
+    POST   /2021-11-15/functions/{FunctionName}/response-streaming-invocations
+                                                                   InvokeWithResponseStream
     PUT    /2017-10-31/functions/{FunctionName}/concurrency        PutFunctionConcurrency
     GET    /2019-09-30/functions/{FunctionName}/concurrency        GetFunctionConcurrency
     DELETE /2017-10-31/functions/{FunctionName}/concurrency        DeleteFunctionConcurrency
@@ -19,6 +21,13 @@ the concurrency limit; throttling happens at admission inside the Manager and is
 immediate (no queueing for sync calls). Event invocations are committed to the
 SQLite queue (snapstart.events) before the 202. Nothing that goes wrong in one
 request may stop the server: every exception becomes a Lambda-shaped API error.
+
+InvokeWithResponseStream answers with an event stream (eventstream.py): the bytes a
+streaming function writes (node's ``awslambda.streamifyResponse``) go out as
+``PayloadChunk`` events as they arrive, then one ``InvokeComplete`` (with the error
+and the log tail, if any). A function that does not stream sends its whole response
+as one chunk, as Lambda does. Errors before the first byte are ordinary API errors;
+after it, they can only be reported in ``InvokeComplete``.
 """
 
 from __future__ import annotations
@@ -48,6 +57,8 @@ from ..events import EventStore, EventWorker, RetryPolicy
 from ..logs import TAIL_BYTES, LogWriter, invocation_block
 from ..manager.manager import MAX_SYNC_PAYLOAD, check_payload
 from ..registry import LATEST
+from ..results import ResponseSink
+from . import eventstream
 from .errors import ApiError, from_exception
 from .metrics import CONTENT_TYPE, Metrics
 from .names import parse_function_ref
@@ -137,12 +148,14 @@ class InvokeService:
 
     # ---- invoke (runs in a pool thread) ---------------------------------------------
     def invoke_sync(self, name: str, qualifier: str | None, body: bytes, *,
-                    trace_id: str, client_context: str | None) -> tuple:
-        info = self.manager.registry.resolve(name, qualifier)
+                    trace_id: str, client_context: str | None, info=None,
+                    sink: ResponseSink | None = None, request_id: str | None = None) -> tuple:
+        info = info or self.manager.registry.resolve(name, qualifier)
         try:
             result = self.manager.invoke_version(info, body, trace_id=trace_id,
                                                  client_context=client_context,
-                                                 qualifier=qualifier)
+                                                 qualifier=qualifier, sink=sink,
+                                                 request_id=request_id)
         except ThrottledError as exc:
             self.metrics.throttles.labels(name, exc.reason).inc()
             raise
@@ -293,6 +306,36 @@ async def _json_body(request: web.Request) -> dict:
     return data
 
 
+class _LoopSink:
+    """A ResponseSink that hands a streamed response to the event loop: called on the
+    invoking thread, it never blocks (the 20 MiB limit bounds what can queue)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def _put(self, item: tuple[str, Any]) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:
+            pass                    # the loop is closed: the server is stopping
+
+    def begin(self, content_type: str) -> None:
+        self._put(("begin", content_type))
+
+    def chunk(self, data: bytes) -> None:
+        self._put(("chunk", data))
+
+
+def _error_parts(payload: bytes) -> tuple[str, str]:
+    """(errorType, errorMessage) of a function error's payload."""
+    try:
+        data = json.loads(payload)
+        return str(data.get("errorType") or "Unhandled"), str(data.get("errorMessage") or "")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return "Unhandled", payload.decode("utf-8", "replace")[:1024]
+
+
 def _client_context(header: str | None) -> str | None:
     if not header:
         return None
@@ -375,6 +418,91 @@ def create_app(service: InvokeService) -> web.Application:
         if log_type == "Tail":
             headers["X-Amz-Log-Result"] = base64.b64encode(block[-TAIL_BYTES:]).decode()
         return web.Response(status=200, body=result.payload, headers=headers)
+
+    @routes.post("/2021-11-15/functions/{name}/response-streaming-invocations")
+    async def invoke_stream(request: web.Request) -> web.StreamResponse:
+        name, qualifier = ref(request)
+        itype = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+        if itype not in ("RequestResponse", "DryRun"):
+            raise ApiError("InvalidParameterValueException",
+                           f"Unsupported invocation type {itype[:64]!r}")
+        log_type = request.headers.get("X-Amz-Log-Type", "None")
+        if log_type not in ("None", "Tail"):
+            raise ApiError("InvalidParameterValueException", f"Unsupported log type {log_type[:64]!r}")
+        body = await _read_body(request, MAX_SYNC_PAYLOAD, "InvokeWithResponseStream")
+        if not body.strip():
+            body = b"{}"
+        client_context = _client_context(request.headers.get("X-Amz-Client-Context"))
+        trace_id = request.headers.get("X-Amzn-Trace-Id") or _trace_id()
+        info = await run(service.manager.registry.resolve, name, qualifier)
+        if itype == "DryRun":
+            return web.Response(status=204, headers={"X-Amz-Executed-Version": info.version})
+        request_id = str(uuid.uuid4())
+        loop = asyncio.get_running_loop()
+        sink = _LoopSink(loop)
+        done = loop.run_in_executor(service.pool, functools.partial(
+            service.invoke_sync, name, qualifier, body, trace_id=trace_id,
+            client_context=client_context, info=info, sink=sink, request_id=request_id))
+        resp: web.StreamResponse | None = None
+        gone = False                # the client hung up: finish the invoke, write nothing
+
+        async def send(data: bytes, content_type: str = "application/octet-stream") -> None:
+            nonlocal resp, gone
+            if gone:
+                return
+            try:
+                if resp is None:
+                    resp = web.StreamResponse(status=200, headers={
+                        "Content-Type": "application/vnd.amazon.eventstream",
+                        "X-Amzn-Remapped-Content-Type": content_type,
+                        "x-amzn-RequestId": request_id, "X-Amz-Executed-Version": info.version,
+                        "X-Amzn-Trace-Id": trace_id})
+                    await resp.prepare(request)
+                if data:
+                    await resp.write(data)
+            except (ConnectionError, RuntimeError):
+                gone = True
+
+        async def relay(item: tuple[str, Any]) -> None:
+            kind, value = item
+            if kind == "begin":
+                await send(b"", value)
+            elif value:
+                await send(eventstream.payload_chunk(value))
+
+        while not done.done():
+            getter = asyncio.ensure_future(sink.queue.get())
+            await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                await relay(getter.result())
+            else:
+                getter.cancel()
+        while not sink.queue.empty():      # queued before the invoke returned
+            await relay(sink.queue.get_nowait())
+        try:
+            result, _, block = done.result()
+        except Exception as exc:  # noqa: BLE001 - after the first byte: in InvokeComplete
+            if resp is None:
+                raise
+            error = from_exception(exc)
+            await send(eventstream.invoke_complete(error_code=error.error_type,
+                                                   error_details=error.message))
+        else:
+            if result.stream_content_type is None and not result.function_error:
+                await send(eventstream.payload_chunk(result.payload), "application/json")
+            code = details = None
+            if result.function_error:
+                code, details = _error_parts(result.payload)
+            tail = (base64.b64encode(block[-TAIL_BYTES:]).decode()
+                    if log_type == "Tail" else None)
+            await send(eventstream.invoke_complete(error_code=code, error_details=details,
+                                                   log_result=tail), "application/json")
+        if resp is not None and not gone:
+            try:
+                await resp.write_eof()
+            except (ConnectionError, RuntimeError):
+                pass
+        return resp if resp is not None else web.Response(status=204)
 
     @routes.put("/2017-10-31/functions/{name}/concurrency")
     async def put_concurrency(request: web.Request) -> web.Response:

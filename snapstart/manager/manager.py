@@ -43,7 +43,7 @@ from ..errors import (AfterRestoreError, InitError, OutOfMemoryError, PayloadErr
                       RuntimeExitError, SandboxError, SandboxTimeoutError, SnapshotError,
                       SnapshotIncompatibleError, SnapStartError, StoreError, ThrottledError)
 from ..registry import Registry, VersionInfo
-from ..results import InvokeRequest, InvokeResult, StartType
+from ..results import InvokeRequest, InvokeResult, ResponseSink, StartType
 from ..runtimes import runtime_spec
 from ..sandbox.cgroups import favor_dynmods
 from ..sandbox.cgroups import sweep_stale as sweep_stale_cgroups
@@ -177,25 +177,27 @@ class Manager:
     def invoke(self, name: str, payload: bytes = b"{}", *, qualifier: str | None = None,
                no_snapshot: bool = False, force_new: bool = False,
                client_context: str | None = None, trace_id: str | None = None,
-               request_id: str | None = None) -> InvokeResult:
+               request_id: str | None = None, sink: ResponseSink | None = None) -> InvokeResult:
         return self.invoke_version(self.registry.resolve(name, qualifier), payload,
                                    no_snapshot=no_snapshot, force_new=force_new,
                                    client_context=client_context, trace_id=trace_id,
-                                   request_id=request_id, qualifier=qualifier)
+                                   request_id=request_id, qualifier=qualifier, sink=sink)
 
     def invoke_version(self, info: VersionInfo, payload: bytes = b"{}", *,
                        no_snapshot: bool = False, force_new: bool = False,
                        client_context: str | None = None, trace_id: str | None = None,
                        request_id: str | None = None,
-                       qualifier: str | None = None) -> InvokeResult:
+                       qualifier: str | None = None,
+                       sink: ResponseSink | None = None) -> InvokeResult:
         """``invoke`` of a version the caller resolved already (the Invoke API).
         ``qualifier``: what the caller named (None, a version, an alias or $LATEST):
-        the function sees it in ``context.invoked_function_arn``, as on Lambda."""
+        the function sees it in ``context.invoked_function_arn``, as on Lambda.
+        ``sink``: where a streamed response goes as it arrives (results.ResponseSink)."""
         check_payload(payload)
         req = InvokeRequest(request_id=request_id or str(uuid.uuid4()), payload=payload,
                             arn=self.settings.function_arn(info.name, qualifier or None),
                             timeout_s=info.config.timeout_s, trace_id=trace_id,
-                            client_context=client_context)
+                            client_context=client_context, sink=sink)
         self._acquire(info.name)
         try:
             # every result comes from _run, which stamps its start type and version

@@ -728,6 +728,8 @@ class Sandbox:
         invoke_start = started
         deadline = started + req.timeout_s + (30.0 if resume else 0.0)
         timeout_message = f"Task timed out after {req.timeout_s:.2f} seconds"
+        content_type: str | None = None       # set once the runtime streams its response
+        streamed = bytearray()                # ... and its bytes, without a sink
         while True:
             try:
                 msg = self._await(deadline, logs, req.request_id,
@@ -746,6 +748,15 @@ class Sandbox:
                     deadline = invoke_start + req.timeout_s
                     self.lifecycle.to(S.IDLE)
                     self.lifecycle.to(S.BUSY)
+            elif op == "stream" and msg.get("id") == req.request_id:
+                content_type = str(msg.get("content_type") or "application/octet-stream")
+                if req.sink is not None:
+                    req.sink.begin(content_type)
+            elif op == "stream_chunk" and msg.get("id") == req.request_id:
+                if req.sink is not None:
+                    req.sink.chunk(msg["data"])
+                else:
+                    streamed += msg["data"]
             elif op in ("response", "error"):
                 if msg.get("id") != req.request_id:
                     continue
@@ -755,6 +766,8 @@ class Sandbox:
                 self.lifecycle.to(S.IDLE)
                 if op == "response":
                     payload, ferr = msg["payload"], None
+                    if content_type is not None and req.sink is None:
+                        payload = bytes(streamed)
                 else:
                     payload = json.dumps(_error_fields(msg["body"], msg.get("type") or
                                                        "Runtime.Unknown")).encode()
@@ -762,7 +775,8 @@ class Sandbox:
                 return InvokeResult(request_id=req.request_id, payload=payload,
                                     function_error=ferr, duration_ms=duration, logs=bytes(logs),
                                     restore_duration_ms=restore_ms,
-                                    max_memory_used_mb=self.max_memory_used_mb())
+                                    max_memory_used_mb=self.max_memory_used_mb(),
+                                    stream_content_type=content_type)
 
     def healthy(self) -> bool:
         """Before reusing an idle clone: drain what the agent said while idle.

@@ -178,3 +178,88 @@ def test_oversized_control_frame_ends_the_channel(agent):
                 raise protocol.ProtocolError("fatal")
     assert a.proc.wait(10) is not None
 
+
+
+def _streamed_post(a: Agent, path: str, chunks: list[bytes], trailers: str = "") -> socket.socket:
+    """A runtime's streamed response (chunked, Lambda-Runtime-Function-Response-Mode:
+    streaming), written piece by piece on a raw socket; returns it to read the answer."""
+    sock = socket.create_connection(("127.0.0.1", a.port), timeout=10)
+    sock.sendall((f"POST {PREFIX}{path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                  "Lambda-Runtime-Function-Response-Mode: streaming\r\n"
+                  "Transfer-Encoding: chunked\r\nTrailer: Lambda-Runtime-Function-Error-Type, "
+                  "Lambda-Runtime-Function-Error-Body\r\n\r\n").encode())
+    first = True
+    for chunk in chunks:
+        sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        if first:   # the host has the first bytes before the runtime sends the rest
+            assert a.frame() == {"op": "stream", "id": "req-s", "content_type": "text/plain"}
+            got = b""
+            while len(got) < len(chunk):
+                frame = a.frame()
+                assert frame["op"] == "stream_chunk" and frame["id"] == "req-s"
+                got += frame["data"]
+            assert got == chunk
+            first = False
+    sock.sendall(b"0\r\n" + trailers.encode() + b"\r\n")
+    return sock
+
+
+def _invoking(a: Agent) -> None:
+    pool, pending = _next_in_thread(a)
+    a.frame()                                             # ready
+    a.send(op="invoke", id="req-s", payload=b"{}", deadline_ms=4102444800000, arn="arn")
+    assert pending.result(10)[0] == 200
+    pool.shutdown()
+
+
+def test_a_streamed_response_is_forwarded_as_it_arrives(agent):
+    a = agent()
+    _invoking(a)
+    sock = _streamed_post(a, "/invocation/req-s/response", [b"first\n", b"second\n"])
+    assert sock.recv(4096).startswith(b"HTTP/1.1 202")
+    sock.close()
+    assert a.frame() == {"op": "stream_chunk", "id": "req-s", "data": b"second\n"}
+    assert a.frame() == {"op": "response", "id": "req-s", "payload": b""}
+
+
+def test_a_stream_that_fails_reports_the_error_trailers_decoded(agent):
+    import base64
+
+    a = agent()
+    _invoking(a)
+    err = b'{"errorMessage": "broke", "errorType": "Error"}'
+    trailers = ("Lambda-Runtime-Function-Error-Type: Error\r\n"
+                f"Lambda-Runtime-Function-Error-Body: {base64.b64encode(err).decode()}\r\n")
+    sock = _streamed_post(a, "/invocation/req-s/response", [b"partial"], trailers)
+    assert sock.recv(4096).startswith(b"HTTP/1.1 202")
+    sock.close()
+    assert a.frame() == {"op": "error", "id": "req-s", "type": "Error", "body": err}
+
+
+def test_a_stream_past_20_mib_is_cut_with_response_size_too_large(agent):
+    import concurrent.futures
+
+    a = agent()
+    _invoking(a)
+    mib = b"a" * (1 << 20)
+    sock = socket.create_connection(("127.0.0.1", a.port), timeout=30)
+    head = (f"POST {PREFIX}/invocation/req-s/response HTTP/1.1\r\nHost: x\r\n"
+            "Lambda-Runtime-Function-Response-Mode: streaming\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n").encode()
+    body = b"".join(b"%x\r\n%s\r\n" % (len(mib), mib) for _ in range(21)) + b"0\r\n\r\n"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:   # the host reads meanwhile
+        sent = pool.submit(sock.sendall, head + body)
+        assert a.frame()["op"] == "stream"
+        got = 0
+        while True:
+            frame = a.frame()
+            if frame["op"] != "stream_chunk":
+                break
+            got += len(frame["data"])
+        sent.result(30)
+    assert got == 20 << 20                                # what fit went through
+    assert frame["op"] == "error" and frame["type"] == "Function.ResponseSizeTooLarge"
+    assert b"20971520" in frame["body"]
+    assert sock.recv(4096).startswith(b"HTTP/1.1 413")
+    sock.close()
+    assert a.proc.poll() is None
