@@ -257,6 +257,8 @@ def invoke(ref: str, payload: str | None, payload_file, log_type: str, no_snapsh
             if not as_json:
                 click.echo(row["logs"], err=True, nl=False)
         rows.append(row)
+    from . import tracing
+    tracing.shutdown()                  # export the invocation's spans, if traced
     if as_json:
         click.echo(json.dumps(rows if (clones or repeat > 1) else rows[0]))
     else:

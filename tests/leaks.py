@@ -307,13 +307,14 @@ def serve_env(settings) -> dict:
 class ServerProcess:
     """``snapstart serve --port P`` on 127.0.0.1, started and waited for."""
 
-    def __init__(self, settings, *args: str, log_dir: Path) -> None:
+    def __init__(self, settings, *args: str, log_dir: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_dir / f"serve-{self.port}.log", "w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "snapstart.cli", "serve", "--port", str(self.port), *args],
-            env=serve_env(settings), stdout=self.log, stderr=subprocess.STDOUT,
+            env={**serve_env(settings), **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT,
             cwd=str(PROJECT))
         deadline = time.monotonic() + 60
         while True:

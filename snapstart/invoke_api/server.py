@@ -39,7 +39,6 @@ import functools
 import json
 import logging
 import os
-import secrets
 import signal
 import sys
 from typing import Any
@@ -51,6 +50,7 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
+from .. import tracing
 from ..config import Settings
 from ..errors import SnapStartError, ThrottledError
 from ..events import EventStore, EventWorker, RetryPolicy
@@ -101,11 +101,6 @@ class ServeOptions:
     restore_ahead: int = 1
 
 
-def _trace_id() -> str:
-    return (f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)};"
-            f"Parent={secrets.token_hex(8)};Sampled=0")
-
-
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
 
@@ -149,13 +144,17 @@ class InvokeService:
     # ---- invoke (runs in a pool thread) ---------------------------------------------
     def invoke_sync(self, name: str, qualifier: str | None, body: bytes, *,
                     trace_id: str, client_context: str | None, info=None,
-                    sink: ResponseSink | None = None, request_id: str | None = None) -> tuple:
+                    sink: ResponseSink | None = None, request_id: str | None = None,
+                    trace_context: Any = None) -> tuple:
+        """``trace_context``: the request's span (tracing.current_context), carried into
+        this thread so that the invocation's spans are its children."""
         info = info or self.manager.registry.resolve(name, qualifier)
         try:
-            result = self.manager.invoke_version(info, body, trace_id=trace_id,
-                                                 client_context=client_context,
-                                                 qualifier=qualifier, sink=sink,
-                                                 request_id=request_id)
+            with tracing.attach(trace_context):
+                result = self.manager.invoke_version(info, body, trace_id=trace_id,
+                                                     client_context=client_context,
+                                                     qualifier=qualifier, sink=sink,
+                                                     request_id=request_id)
         except ThrottledError as exc:
             self.metrics.throttles.labels(name, exc.reason).inc()
             raise
@@ -390,10 +389,19 @@ def create_app(service: InvokeService) -> web.Application:
         if not body.strip():
             body = b"{}"            # Lambda's event for an invoke without a payload
         client_context = _client_context(request.headers.get("X-Amz-Client-Context"))
-        trace_id = request.headers.get("X-Amzn-Trace-Id") or _trace_id()
         if itype == "DryRun":
             info = await run(service.manager.registry.resolve, name, qualifier)
             return web.Response(status=204, headers={"X-Amz-Executed-Version": info.version})
+        with tracing.span("Invoke", kind="SERVER", context=tracing.extract(request.headers),
+                          **{"faas.invoked_name": name, "faas.trigger": "http",
+                             "aws.lambda.invocation_type": itype}):
+            return await invoke_traced(request, name, qualifier, itype, log_type, body,
+                                       client_context)
+
+    async def invoke_traced(request: web.Request, name: str, qualifier: str | None,
+                            itype: str, log_type: str, body: bytes,
+                            client_context: str | None) -> web.StreamResponse:
+        trace_id = tracing.function_header(request.headers)
         if itype == "Event":
             event_id, version = await run(service.enqueue, name, qualifier, body,
                                           trace_id=trace_id, client_context=client_context)
@@ -403,7 +411,13 @@ def create_app(service: InvokeService) -> web.Application:
                                                      "X-Amzn-Trace-Id": trace_id})
         result, version, block = await run(service.invoke_sync, name, qualifier, body,
                                            trace_id=trace_id, client_context=client_context,
-                                           pool=service.pool)
+                                           pool=service.pool,
+                                           trace_context=tracing.current_context())
+        with tracing.span("response"):
+            return _invoke_response(result, version, block, trace_id, log_type)
+
+    def _invoke_response(result, version: str, block: bytes, trace_id: str,
+                         log_type: str) -> web.Response:
         headers = {"Content-Type": "application/json", "x-amzn-RequestId": result.request_id,
                    "X-Amz-Executed-Version": version, "X-Amzn-Trace-Id": trace_id,
                    "X-Snapstart-Start-Type": result.start_type,
@@ -433,16 +447,27 @@ def create_app(service: InvokeService) -> web.Application:
         if not body.strip():
             body = b"{}"
         client_context = _client_context(request.headers.get("X-Amz-Client-Context"))
-        trace_id = request.headers.get("X-Amzn-Trace-Id") or _trace_id()
         info = await run(service.manager.registry.resolve, name, qualifier)
         if itype == "DryRun":
             return web.Response(status=204, headers={"X-Amz-Executed-Version": info.version})
+        with tracing.span("Invoke", kind="SERVER", context=tracing.extract(request.headers),
+                          **{"faas.invoked_name": name, "faas.trigger": "http",
+                             "aws.lambda.invocation_type": "RequestResponse",
+                             "snapstart.streamed": True}):
+            return await stream_traced(request, name, qualifier, info, log_type, body,
+                                       client_context)
+
+    async def stream_traced(request: web.Request, name: str, qualifier: str | None, info,
+                            log_type: str, body: bytes,
+                            client_context: str | None) -> web.StreamResponse:
+        trace_id = tracing.function_header(request.headers)
         request_id = str(uuid.uuid4())
         loop = asyncio.get_running_loop()
         sink = _LoopSink(loop)
         done = loop.run_in_executor(service.pool, functools.partial(
             service.invoke_sync, name, qualifier, body, trace_id=trace_id,
-            client_context=client_context, info=info, sink=sink, request_id=request_id))
+            client_context=client_context, info=info, sink=sink, request_id=request_id,
+            trace_context=tracing.current_context()))
         resp: web.StreamResponse | None = None
         gone = False                # the client hung up: finish the invoke, write nothing
 
@@ -630,6 +655,7 @@ def serve(options: ServeOptions, settings: Settings | None = None, *,
             runner.run(_main(service, options, ready))
     finally:
         service.close()
+        tracing.shutdown()          # export the spans still queued
 
 
 async def _main(service: InvokeService, options: ServeOptions, ready) -> None:

@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
+from .. import tracing
 from ..checkpoint.criu import Criu
 from ..config import CRIU_RUNDIR, FunctionConfig, Settings
 from ..errors import (AfterRestoreError, InitError, OutOfMemoryError, PayloadError, RestoreError,
@@ -200,8 +201,16 @@ class Manager:
                             client_context=client_context, sink=sink)
         self._acquire(info.name)
         try:
-            # every result comes from _run, which stamps its start type and version
-            return self._dispatch(info, req, no_snapshot=no_snapshot, force_new=force_new)
+            with tracing.span("dispatch", name=info.name, version=info.version,
+                              request_id=req.request_id) as span:
+                # every result comes from _run, which stamps its start type and version
+                result = self._dispatch(info, req, no_snapshot=no_snapshot,
+                                        force_new=force_new)
+                if span is not None:
+                    span.set_attribute(tracing.ATTRS["start_type"], str(result.start_type))
+                    span.set_attribute(tracing.ATTRS["coldstart"],
+                                       result.start_type is not StartType.WARM)
+                return result
         finally:
             self._release(info.name)
 
@@ -250,7 +259,8 @@ class Manager:
             try:
                 with self.slots.busy():
                     t0 = time.monotonic()
-                    sandbox = self._restore(info)
+                    with tracing.span("restore"):
+                        sandbox = self._restore(info)
                     criu_ms = (time.monotonic() - t0) * 1000
                     result = self._run(sandbox, key, req, StartType.RESTORED)
             except (SnapshotError, RestoreError, StoreError) as exc:
@@ -298,23 +308,27 @@ class Manager:
         checked and the images are materialized (they overlap)."""
         n = int(info.version)
         fs = sandbox_fs(info.config)
+        slot_start = tracing.now_ns()
         slot = self.slots.take()
 
         def ready(slot: RestoreSlot | None) -> RestoreSlot:
             slot = slot or self.slots.claim(fs=fs)
             slot.attach(info.code_dir, info.packages_dir)
+            tracing.record("slot", slot_start, tracing.now_ns(), parent=parent)
             return slot
 
         # Overlapped with the snapshot's checks: waiting for (or preparing) a slot if
         # none was ready, and mounting the function's code into it.
+        parent = tracing.current_context()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapstart-slot")
         pending = pool.submit(ready, slot)
         try:
             try:
-                manifest, images = self.store.materialized(info.name, n)
-                self.store.check_compatible(manifest, criu_version=self.criu.version())
-                check_agent_protocol(f"{info.name}:{n}", manifest.meta)
-                check_identity(f"{info.name}:{n}", info)
+                with tracing.span("materialize"):
+                    manifest, images = self.store.materialized(info.name, n)
+                    self.store.check_compatible(manifest, criu_version=self.criu.version())
+                    check_agent_protocol(f"{info.name}:{n}", manifest.meta)
+                    check_identity(f"{info.name}:{n}", info)
             finally:
                 pool.shutdown(wait=True)
             slot = pending.result()
@@ -326,14 +340,14 @@ class Manager:
             raise
         assert slot is not None
         try:
-            sandbox = Sandbox.restore(self.criu, images, slot.work_dir,
-                                      ctl_inode=int((info.snapshot or {})["ctl_inode"]),
-                                      owner=self.owner, task=info.code_dir,
-                                      packages=info.packages_dir,
-                                      name=f"{info.name}:{info.version}",
-                                      memory_mb=info.config.memory_mb, slot=slot, fs=fs,
-                                      egress=info.config.egress,
-                                      log_sink=self._sink(info.name, info.version))
+            with tracing.span("criu restore"):
+                sandbox = Sandbox.restore(
+                    self.criu, images, slot.work_dir,
+                    ctl_inode=int((info.snapshot or {})["ctl_inode"]), owner=self.owner,
+                    task=info.code_dir, packages=info.packages_dir,
+                    name=f"{info.name}:{info.version}", memory_mb=info.config.memory_mb,
+                    slot=slot, fs=fs, egress=info.config.egress,
+                    log_sink=self._sink(info.name, info.version))
         finally:
             shutil.rmtree(slot.work_dir, ignore_errors=True)
         return self.clones.track(sandbox)
@@ -355,6 +369,7 @@ class Manager:
                             packages_dir=info.packages_dir, version=info.version,
                             snap_start=False)
         t0 = time.monotonic()
+        init_start = tracing.now_ns()
         sandbox = self.clones.track(Sandbox.spawn(
             spec, owner=self.owner, name=f"{info.name}:{info.version}",
             memory_mb=info.config.memory_mb,
@@ -362,7 +377,10 @@ class Manager:
             egress=info.config.egress, log_sink=self._sink(info.name, info.version)))
         logs = bytearray()
         try:
-            sandbox.wait_init(max(10.0, info.config.timeout_s), logs)
+            try:
+                sandbox.wait_init(max(10.0, info.config.timeout_s), logs)
+            finally:
+                tracing.record("init", init_start, tracing.now_ns())
         except InitError as exc:
             self.clones.untrack(sandbox)
             return InvokeResult(request_id=req.request_id,

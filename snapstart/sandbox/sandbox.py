@@ -42,6 +42,7 @@ from typing import Any, Callable, TypeVar
 
 from bootstrap import protocol
 
+from .. import tracing
 from ..checkpoint.criu import Criu, DumpResult, Worker, reap_restore_leftovers
 from ..config import PROJECT_ROOT
 from ..errors import (AfterRestoreError, InitError, OutOfMemoryError, RuntimeExitError,
@@ -713,6 +714,7 @@ class Sandbox:
             self.lifecycle.to(S.BUSY)
         logs = bytearray()
         started = time.monotonic()
+        started_ns = tracing.now_ns()
         deadline_ms = int(time.time() * 1000 + req.timeout_s * 1000)
         frame = {"op": "invoke", "id": req.request_id, "payload": req.payload,
                  "deadline_ms": deadline_ms, "arn": req.arn, "trace_id": req.trace_id,
@@ -739,6 +741,7 @@ class Sandbox:
                 exc.logs = bytes(logs)
                 exc.duration_ms = (time.monotonic() - invoke_start) * 1000
                 exc.max_memory_used_mb = self.max_memory_used_mb()
+                _trace(started, started_ns, invoke_start, restore_ms, req, error=exc.error_type)
                 raise
             op = msg["op"]
             if op == "ready":
@@ -764,6 +767,8 @@ class Sandbox:
                 self.invocations += 1
                 self.last_used = time.monotonic()
                 self.lifecycle.to(S.IDLE)
+                _trace(started, started_ns, invoke_start, restore_ms, req,
+                       error=msg.get("type") if op == "error" else None)
                 if op == "response":
                     payload, ferr = msg["payload"], None
                     if content_type is not None and req.sink is None:
@@ -857,3 +862,16 @@ class Sandbox:
     @property
     def alive(self) -> bool:
         return self.state is not S.DEAD
+
+
+def _trace(started: float, started_ns: int, invoke_start: float, restore_ms: float | None,
+           req: InvokeRequest, *, error: str | None) -> None:
+    """The spans of one ``Sandbox.invoke`` (tracing.py): ``resume`` for a restored clone's
+    after-restore phase, then ``runtime invoke``, from the times it measured."""
+    if not tracing.enabled():
+        return
+    at = started_ns + int((invoke_start - started) * 1e9)
+    if restore_ms is not None:
+        tracing.record("resume", started_ns, at)
+    tracing.record("runtime invoke", at, started_ns + int((time.monotonic() - started) * 1e9),
+                   request_id=req.request_id, error=error)

@@ -44,8 +44,8 @@ def serve(home):
     """serve(*args) -> a running ServerProcess; every server is stopped and every clone gone after."""
     servers: list[ServerProcess] = []
 
-    def start(*args: str) -> ServerProcess:
-        server = ServerProcess(home, *args, log_dir=home.home.parent)
+    def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        server = ServerProcess(home, *args, log_dir=home.home.parent, env=env)
         servers.append(server)
         return server
 
