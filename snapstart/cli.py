@@ -349,8 +349,8 @@ def _run_check(info, as_json: bool, extra: dict | None = None) -> None:
                          sorted(result.differing_bytes.items(), key=lambda kv: -kv[1]))
         click.echo(f"memory that differs between two inits: {diff or 'none'}")
         if not result.names_compared:
-            click.echo(f"({info.config.runtime}: names are compared for Python functions "
-                       "only; the memory above is what differs)")
+            click.echo(f"({info.config.runtime}: names are compared for Python and Node "
+                       "functions only; the memory above is what differs)")
         click.echo(f"{name}:{info.version}: {len(findings)} hazard(s) "
                    f"(two inits and two restored clones compared, {took:.1f} s)")
     if findings:
@@ -424,6 +424,8 @@ def snapshots_inspect(ref: str, as_json: bool) -> None:
                     "arch": meta.get("arch"), "created": meta.get("created")},
         "init_duration_ms": meta.get("init_duration_ms"), "uid": meta.get("uid"),
         "environment_names": env_names,
+        # registered hooks in the order they run; None: not recorded (publisher.py)
+        "hooks": meta.get("hooks"),
         "logical_bytes": manifest.logical_bytes,
         "stored_bytes": sum(c.stored_size for c in refs.values()),
         "shared_with_previous_bytes": shared_prev, "previous_version": previous,
@@ -441,6 +443,15 @@ def snapshots_inspect(ref: str, as_json: bool) -> None:
                " MiB" + (f", {shared_prev / mib:.1f} MiB shared with version {previous}"
                          if shared_prev is not None else ""))
     click.echo("environment variables: " + (", ".join(env_names) or "(none)"))
+    if out["hooks"] is None:
+        click.echo("hooks: (not recorded)")
+    elif not out["hooks"]:
+        click.echo("hooks: (none)")
+    else:
+        click.echo("hooks, in the order they run:")
+        for hook in out["hooks"]:
+            click.echo(f"  {hook['kind'].replace('_', '-'):16} {hook['name']}"
+                       + (f"  ({hook['at']})" if hook.get("at") else ""))
     click.echo("processes:")
     for proc in out["processes"]:
         click.echo(f"  pid {proc['pid']} ({proc['comm']}, {proc['threads']} threads): "

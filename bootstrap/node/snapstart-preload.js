@@ -19,6 +19,15 @@
  *                        the event to the handler.
  *   later next() calls   untouched.
  *
+ * After the before-snapshot hooks the registered hooks are listed, in the order they
+ * run, in /tmp/.snapstart-hooks.json (HOOKS_FILE), which the publisher takes out of
+ * the sandbox before the dump (snapstart/manager/publisher.py) for `snapshots
+ * inspect`. In `snapstart check` runs (SNAPSTART_CHECK_REPORTS set) the reporter
+ * snapstart-check.js is loaded (only then) and writes what the handler module holds
+ * after the before-snapshot hooks and, in a restored clone, after the after-restore
+ * hooks; that clone's first event is answered with a SnapStart.CheckRun function
+ * error and the handler never runs (snapstart/manager/check.py sends that event).
+ *
  * Uniqueness across clones. The manager reseeds the kernel CRNG before every
  * restore; what lives in process memory is copied into every clone, so:
  * - OpenSSL: its DRBG is bypassed altogether. Node starts with an OpenSSL config
@@ -57,6 +66,7 @@ function install() {
   const crypto = require('crypto');
 
   const HOOKS = Symbol.for('snapstart.hooks.v1');
+  const HOOKS_FILE = '/tmp/.snapstart-hooks.json';
   const registry = globalThis[HOOKS]
     || (globalThis[HOOKS] = { beforeSnapshot: [], afterRestore: [] });
   const randomFillSync = crypto.randomFillSync;
@@ -196,20 +206,57 @@ function install() {
       if (!first) return next.apply(this, args);
       first = false;
       await settleInit(10000);
+      const check = process.env.SNAPSTART_CHECK_REPORTS
+        ? require(path.join(__dirname, 'snapstart-check.js')) : null;
       try {
         await runHooks(registry.beforeSnapshot.slice().reverse());
+        recordHooks();
+        if (check) await check.write('init');
       } catch (err) {
         return fail('init/error', 'Runtime.BeforeSnapshotError', err, 64);
       }
-      const event = await next.apply(this, args); // <- the checkpoint is taken in here
+      let event = await next.apply(this, args); // <- the checkpoint is taken in here
       try {
         reseed();
         await runHooks(registry.afterRestore.slice());
+        if (check) await check.write('restored');
       } catch (err) {
         return fail('restore/error', 'Runtime.AfterRestoreError', err, 65);
       }
+      if (check) {
+        // a check's event is not the function's: answer it ourselves, wait for work
+        const id = String(event.headers['lambda-runtime-aws-request-id']);
+        native.error(encodeURIComponent(id), JSON.stringify({
+          errorMessage: 'snapstart check: reports written; the handler was not run',
+          errorType: 'SnapStart.CheckRun', stackTrace: [],
+        }), '');
+        event = await next.apply(this, args);
+      }
       return event;
     };
+  }
+
+  // ---- the registered hooks, for `snapshots inspect` -------------------------------
+  function recordHooks() {
+    const root = path.resolve(process.env.LAMBDA_TASK_ROOT || process.cwd());
+    const row = (kind) => ({ fn, site }) => {
+      let file = (site && site.file) || '';
+      if (file.startsWith('file:')) file = require('url').fileURLToPath(file);
+      const inside = file.startsWith(`${root}/`);
+      const rel = inside ? path.relative(root, file) : file;
+      const module = inside ? rel.slice(0, rel.length - path.extname(rel).length)
+        : path.basename(file, path.extname(file));
+      return { kind, name: `${module || '?'}.${fn.name || '<anonymous>'}`,
+               at: site ? `${rel}:${site.line}` : '' };
+    };
+    const hooks = [...registry.beforeSnapshot.slice().reverse().map(row('before_snapshot')),
+                   ...registry.afterRestore.map(row('after_restore'))];
+    try {
+      require('fs').writeFileSync(HOOKS_FILE, JSON.stringify({ hooks }));
+    } catch (err) {
+      // not worth failing a publish for: inspect then shows them as not recorded
+      console.error(`snapstart: cannot record the registered hooks: ${err.message}`);
+    }
   }
 
   const loadNative = Module._extensions['.node'];

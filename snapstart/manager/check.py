@@ -5,18 +5,31 @@ Method, in a private, temporary SNAPSTART_HOME and SNAPSTART_SHM (removed at the
 end; the function's real versions and store are not touched; its code is the
 version's, its identity the function's own):
 
-1. publish the version's code twice: two independent inits, in two sandboxes, with
-   their own randomness and clocks. bootstrap/python/_snapstart_check.py writes what
-   the function's modules hold just before each snapshot (it travels in /tmp);
-2. restore two clones of the first and resume them without an event (no handler
-   runs): the reporter writes what the modules hold after every after-restore hook;
+1. publish the version's code twice, with SNAPSTART_CHECK_REPORTS=1 in its
+   environment: two independent inits, in two sandboxes, with their own randomness
+   and clocks. The runtime's reporter writes what the function holds just before
+   each snapshot (``init.json``; it travels in /tmp);
+2. restore two clones of the first; the reporter writes what the function holds
+   after every after-restore hook (``restored.json``), which this reads from each
+   clone's /tmp:
+   - Python (bootstrap/python/_snapstart_check.py): the clones are resumed without
+     an event; the reporter is the last after-restore hook;
+   - Node (bootstrap/node/snapstart-check.js): a Node clone runs its after-restore
+     hooks only when its first event arrives (bootstrap/node/snapstart-preload.js),
+     so each clone is sent one event, which the preload answers itself with a
+     ``SnapStart.CheckRun`` function error once the report is written: the handler
+     never runs (anything else fails the check);
 3. a hazard is a name path whose value differs between the two inits (it came from
    randomness or the clock) but is equal in the two clones (nothing regenerated it).
 
-A module-level ``__snapstart_shared__ = ("NAME", ...)`` marks names as intentionally
-shared. A second, language-independent layer compares the two inits' images page by
-page (checkpoint/inspect.py ``page_diff``): how much memory differs, by kind. For
-runtimes other than Python (node, provided) only that layer runs.
+What is compared: Python, every module-level global of the function's own modules
+(``app.CLIENT.session_id``); Node, the handler module's exports and the top-level
+bindings reachable from them through functions' closures (``index.INSTANCE_ID``,
+``index.client.sessionId``). A module-level ``__snapstart_shared__ = ("NAME", ...)``
+(Node: exported) marks names as intentionally shared. A second, language-independent
+layer compares the two inits' images page by page (checkpoint/inspect.py
+``page_diff``): how much memory differs, by kind. For the ``provided`` runtime only
+that layer runs.
 """
 
 from __future__ import annotations
@@ -27,17 +40,26 @@ import os
 import shutil
 import tarfile
 import tempfile
+import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import Settings
 from ..errors import ConfigError
 from ..identities import Identities
 from ..registry import VersionInfo
+from ..results import InvokeRequest
+
+if TYPE_CHECKING:
+    from ..sandbox.sandbox import Sandbox
 
 __all__ = ["Finding", "CheckResult", "check_uniqueness"]
 
 REPORTS_ENV = "SNAPSTART_CHECK_REPORTS"
-REPORT_DIR = ".snapstart-check"     # in a sandbox's /tmp (bootstrap/python/_snapstart_check.py)
+REPORT_DIR = ".snapstart-check"     # in a sandbox's /tmp (the reporters write it)
+NAMED_RUNTIMES = ("python", "node")  # runtimes with a name-level reporter
+CHECK_RUN_ERROR = "SnapStart.CheckRun"   # a Node clone's answer to the check's event
+_EVENT_TIMEOUT_S = 60.0                # after-restore hooks + the report, in a Node clone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +77,7 @@ class Finding:
 class CheckResult:
     findings: list[Finding]
     differing_bytes: dict[str, int]        # memory kind -> bytes differing between inits
-    names_compared: bool                   # False: no name-level report (not Python)
+    names_compared: bool                   # False: no name-level report (provided)
 
     def to_dict(self) -> dict:
         return {"findings": [f.to_dict() for f in self.findings],
@@ -76,8 +98,8 @@ def _init_report(images: Path) -> dict[str, str]:
                 f = tar.extractfile(member)
                 if f is not None:
                     return json.load(f)
-    raise ConfigError("the function's init left no check report (is it a Python "
-                      "function on awslambdaric?)")
+    raise ConfigError("the function's init left no check report (is it a Python function "
+                      "on awslambdaric or a Node function on aws-lambda-ric?)")
 
 
 def _restored_report(pid: int) -> dict[str, str]:
@@ -85,12 +107,29 @@ def _restored_report(pid: int) -> dict[str, str]:
     return json.loads(path.read_text())
 
 
+def _send_check_event(clone: Sandbox, settings: Settings, info: VersionInfo) -> None:
+    """A Node clone's after-restore phase, and its report: one event, which the
+    preload answers with CHECK_RUN_ERROR without running the handler."""
+    req = InvokeRequest(request_id=str(uuid.uuid4()), payload=b"{}",
+                        arn=settings.function_arn(info.name, str(info.version)),
+                        timeout_s=max(info.config.timeout_s, _EVENT_TIMEOUT_S))
+    result = clone.invoke(req)
+    try:
+        error = json.loads(result.payload) if result.function_error else {}
+    except ValueError:
+        error = {}
+    if error.get("errorType") != CHECK_RUN_ERROR:
+        raise ConfigError("a restored clone of the check did not answer its event with "
+                          f"{CHECK_RUN_ERROR} (got {result.payload[:200]!r}): is it a Node "
+                          "function on aws-lambda-ric?")
+
+
 def check_uniqueness(settings: Settings, info: VersionInfo) -> CheckResult:
     """The hazards of ``info``'s init (see the module docstring)."""
     from ..checkpoint.inspect import page_diff
     from .manager import Manager
 
-    python = info.config.runtime == "python"
+    named = info.config.runtime in NAMED_RUNTIMES
     base = Path(tempfile.mkdtemp(prefix="snapstart-check-", dir="/tmp"))
     os.chmod(base, 0o711)
     shm = Path(settings.shm).parent / base.name          # snapstart-check-XXXX
@@ -99,7 +138,7 @@ def check_uniqueness(settings: Settings, info: VersionInfo) -> CheckResult:
         # the function's own identity in the temporary home
         Identities(temp.home, settings.uid_range).adopt(info.name, info.uid)
         env = dict(info.config.environment)
-        if python:
+        if named:
             env[REPORTS_ENV] = "1"
         config = dataclasses.replace(info.config, environment=env)
         with Manager(temp, keep_warm=True, restore_slots=0) as manager:
@@ -108,12 +147,15 @@ def check_uniqueness(settings: Settings, info: VersionInfo) -> CheckResult:
             images_a = manager.store.materialize(info.name, first.version)
             images_b = manager.store.materialize(info.name, second.version)
             differing = page_diff(images_a, images_b)
-            if not python:
+            if not named:
                 return CheckResult(findings=[], differing_bytes=differing,
                                    names_compared=False)
             init_a, init_b = _init_report(images_a), _init_report(images_b)
             version = manager.registry.version(info.name, first.version)
             clones = [manager.prewarm(version), manager.prewarm(version)]
+            if info.config.runtime == "node":
+                for clone in clones:
+                    _send_check_event(clone, temp, version)
             restored = [_restored_report(c.pid) for c in clones]
         differs = {p for p in init_a.keys() & init_b.keys() if init_a[p] != init_b[p]}
         regenerated = {p for p in differs

@@ -7,6 +7,20 @@ the before-snapshot hooks, checkpoint it with CRIU, store the images (chunked,
 compressed, signed) with the metadata a restore checks, commit the version. Any
 failure leaves nothing behind: the version is aborted and its snapshot removed.
 
+The metadata it stores (the manifest's ``meta``, store/manifest.py, to which the
+store adds its host facts, store/host.py; the same facts are the registry's
+``version.json`` ``snapshot``): ``ctl_inode``, ``init_duration_ms``,
+``dump_duration_ms``, ``image_bytes``, ``criu_version``, ``agent_protocol``,
+``agent_layout``, ``uid``, ``gid``, ``snapstart_version``, ``hooks``; the manifest's
+also ``config``, ``runtime``, ``python``. ``hooks`` is the function's registered
+hooks in the order they run, ``[{"kind": "before_snapshot" | "after_restore",
+"name": "app.reset_id", "at": "app.py:12"}, ...]`` (absent in snapshots published
+before it was recorded; None when the runtime listed none: ``provided``). The
+runtime lists them after its before-snapshot hooks in ``/tmp/.snapstart-hooks.json``
+(bootstrap/python/sitecustomize.py, bootstrap/node/snapstart-preload.js); the file
+is taken out of the sandbox (read, removed) before the dump, so no clone sees it.
+It is the function's own account: bounded, checked for shape, shown, never acted on.
+
 Must not dispatch invocations: that is the manager's.
 """
 
@@ -15,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import shutil
 import subprocess
@@ -27,10 +42,10 @@ from typing import Any, Callable
 from .. import __version__
 from ..checkpoint.criu import Criu
 from ..config import FunctionConfig, Settings
-from ..errors import InitError, PublishError, StoreError
+from ..errors import InitError, PublishError, SandboxError, StoreError
 from ..registry import Registry
 from ..runtimes import runtime_spec
-from ..sandbox.mountns import SandboxFs
+from ..sandbox.mountns import SandboxFs, take_tmp_file
 from ..sandbox.sandbox import Sandbox
 from .clones import Clones
 from .slots import private_name
@@ -38,6 +53,10 @@ from .slots import private_name
 __all__ = ["Publisher", "PublishResult", "sandbox_fs"]
 
 log = logging.getLogger("snapstart.manager")
+HOOKS_FILE = ".snapstart-hooks.json"     # in the sandbox's /tmp (module docstring)
+_HOOKS_MAX_BYTES = 64 * 1024
+_HOOKS_MAX = 256
+_HOOK_KINDS = ("before_snapshot", "after_restore")
 
 
 @dataclass(frozen=True)
@@ -116,6 +135,7 @@ class Publisher:
                 self.clones.untrack(sandbox)
                 raise PublishError("the runtime asked for an invocation instead of calling "
                                    "GET /runtime/restore/next; it does not support snap-start")
+            hooks = _registered_hooks(sandbox.pid, config.name)
             t1 = time.monotonic()
             try:
                 dump = sandbox.checkpoint(self.criu, staging / "images", staging / "work")
@@ -130,7 +150,7 @@ class Publisher:
                         "agent_layout": sandbox.layout,
                         # the credentials frozen in the image (identities.py)
                         "uid": spec.uid, "gid": spec.gid,
-                        "snapstart_version": __version__}
+                        "snapstart_version": __version__, "hooks": hooks}
             meta = {"config": config.to_dict(), "runtime": config.runtime,
                     "python": sys.version.split()[0], **snapshot}
             store.put(config.name, n, staging / "images", meta, progress=progress)
@@ -184,3 +204,27 @@ class Publisher:
             raise PublishError("pip could not install requirements.txt: "
                                + (proc.stderr.strip().splitlines() or ["(no output)"])[-1])
         return target
+
+
+def _registered_hooks(pid: int, name: str) -> list[dict[str, str]] | None:
+    """The hooks the runtime of sandbox ``pid`` listed (module docstring), taken out
+    of its /tmp; None if it listed none or the list is unreadable (logged)."""
+    try:
+        data = take_tmp_file(pid, HOOKS_FILE, _HOOKS_MAX_BYTES)
+    except SandboxError as exc:
+        log.warning("%s: registered hooks not recorded (%s)", name, exc.message)
+        return None
+    if data is None:
+        return None
+    try:
+        rows = json.loads(data)["hooks"]
+        hooks = []
+        for row in rows[:_HOOKS_MAX]:
+            kind, hook, at = row["kind"], row["name"], row.get("at", "")
+            if kind not in _HOOK_KINDS or not isinstance(hook, str) or not isinstance(at, str):
+                raise ValueError(f"bad entry {row!r:.80}")
+            hooks.append({"kind": kind, "name": hook[:200], "at": at[:200]})
+        return hooks
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("%s: registered hooks not recorded (unreadable list: %s)", name, exc)
+        return None

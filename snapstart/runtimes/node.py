@@ -42,6 +42,7 @@ RIC_BIN = NODE_PREFIX / "node_modules" / "aws-lambda-ric" / "bin" / "index.mjs"
 OPENSSL_CNF = NODE_PREFIX / "openssl.cnf"
 ENGINE = NODE_PREFIX / "snapstart-rand-engine.so"
 PRELOAD = NODE_BOOTSTRAP / "snapstart-preload.js"
+CHECK_REPORTER = NODE_BOOTSTRAP / "snapstart-check.js"   # loaded in `snapstart check` runs
 HOOKS_PATH = NODE_BOOTSTRAP / "modules"
 
 
@@ -86,6 +87,6 @@ def node_launch(config: FunctionConfig, *, snap_start: bool, node: str | None = 
         env["NODE_OPTIONS"] = f"{opts} {own}".strip()
     reach = [RIC_BIN, HOOKS_PATH / "snapstart-hooks" / "index.js"]
     if snap_start:
-        reach += [PRELOAD, OPENSSL_CNF, ENGINE]
+        reach += [PRELOAD, CHECK_REPORTER, OPENSSL_CNF, ENGINE]
     return NodeLaunch(argv=[sandbox_path(node_bin), sandbox_path(RIC_BIN), config.handler],
                       env=env, reach=reach)

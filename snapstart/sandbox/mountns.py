@@ -63,8 +63,8 @@ from .nsutil import (CLONE_FS, CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWUTS, check, l
                      on_thread)
 
 __all__ = ["SandboxFs", "run_in_new", "run_in_mntns_of", "attach_task", "resize_tmp",
-           "save_tmp", "restore_tmp", "sandbox_path", "runtime_mounts", "TMP_ARCHIVE",
-           "EPHEMERAL_DEFAULT_MB", "SANDBOX_ROOT", "TASK_DIR", "PACKAGES_DIR",
+           "save_tmp", "restore_tmp", "take_tmp_file", "sandbox_path", "runtime_mounts",
+           "TMP_ARCHIVE", "EPHEMERAL_DEFAULT_MB", "SANDBOX_ROOT", "TASK_DIR", "PACKAGES_DIR",
            "RUNTIME_DIR", "OPT_DIR"]
 
 T = TypeVar("T")
@@ -331,6 +331,37 @@ def save_tmp(pid: int, archive: Path) -> int:
     if not count:
         archive.unlink()
     return count
+
+
+def take_tmp_file(pid: int, name: str, limit: int) -> bytes | None:
+    """Read and remove the regular file ``/tmp/<name>`` of sandbox process ``pid``
+    (a note the runtime left for the host, taken before the dump so clones never
+    see it). None if it is absent, not a regular file (never followed if a
+    symlink) or over ``limit`` bytes; it is removed in every case."""
+
+    def take() -> bytes | None:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            data = None
+        else:
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                data = f.read(limit + 1) if stat.S_ISREG(st.st_mode) else None
+            if data is not None and len(data) > limit:
+                data = None
+        try:
+            os.unlink(name)
+        except (FileNotFoundError, IsADirectoryError):
+            pass
+        return data
+
+    if "/" in name or name in ("", ".", ".."):
+        raise ValueError(f"not a file name: {name!r}")
+    try:
+        return _in_dir(_tmp_of(pid, chrooted=True), take)
+    except OSError as exc:
+        raise SandboxError(f"cannot read /tmp/{name} of the sandbox: {exc}") from exc
 
 
 def restore_tmp(pid: int, archive: Path) -> None:

@@ -33,6 +33,7 @@ have equal bytes and equal digests::
     {"files":   [[path: str, mode: int, size: int,
                   [[hash: bin(32), raw_size: int, stored_size: int], ...]], ...],
      "meta":    {str: JSON-able value},      # caller's meta + host facts
+                                             # (publisher.py lists its keys)
      "name":    str,                         # function name
      "version": int}                         # function version
 

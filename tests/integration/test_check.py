@@ -53,6 +53,33 @@ def test_a_deterministic_function_is_clean(manager, publish, settings):
     assert "errors:1: 0 hazard(s)" in proc.stdout
 
 
+def test_node_hazards_are_named_by_path_and_the_handler_never_runs(manager, publish,
+                                                                   settings):
+    publish("node-hazards", handler="index.handler", runtime="node")
+    versions = manager.registry.versions("node-hazards")
+    proc = _check(settings, "node-hazards", "--json")
+    # the handler throws "the handler ran": the check answers its clones' events itself
+    assert "the handler ran" not in proc.stdout + proc.stderr
+    assert proc.returncode == 1, proc.stderr
+    out = json.loads(proc.stdout)
+    # a top-level crypto.randomUUID() that only the handler uses (found in its
+    # scope), a start Date, a random id in an exported object; not: a seed an
+    # after-restore hook regenerates, a name in __snapstart_shared__, a table
+    assert {f["path"] for f in out["findings"]} == {
+        "index.INSTANCE_ID", "index.STARTED_AT", "index.client.sessionId"}
+    assert out["names_compared"] and sum(out["differing_bytes"].values()) > 0
+    assert manager.registry.versions("node-hazards") == versions
+    assert not list(Path("/tmp").glob("snapstart-check-*"))
+
+
+def test_a_node_function_whose_hooks_regenerate_nothing_random_is_clean(manager, publish,
+                                                                        settings):
+    publish("node-hooks", handler="index.handler", runtime="node")
+    proc = _check(settings, "node-hooks")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "node-hooks:1: 0 hazard(s)" in proc.stdout
+
+
 def test_other_runtimes_get_the_memory_layer_and_unknown_names_an_error(manager, publish,
                                                                        settings):
     proc = _check(settings, "missing")
@@ -61,7 +88,7 @@ def test_other_runtimes_get_the_memory_layer_and_unknown_names_an_error(manager,
     proc = _check(settings, "provided-echo")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "memory that differs between two inits:" in proc.stdout
-    assert "names are compared for Python functions only" in proc.stdout
+    assert "names are compared for Python and Node functions only" in proc.stdout
 
 
 def test_publish_check_publishes_then_reports(manager, settings):

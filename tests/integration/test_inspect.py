@@ -49,6 +49,31 @@ def test_inspect_names_processes_memory_tmp_and_environment_names(manager, publi
     assert "/tmp/init.txt" in text.stdout and "do-not-print-me" not in text.stdout
 
 
+def test_inspect_shows_the_registered_hooks_in_the_order_they_run(manager, publish,
+                                                                  settings):
+    publish("hooks")
+    out = json.loads(_inspect(settings, "hooks", "--json").stdout)
+    # before-snapshot hooks run LIFO, after-restore hooks FIFO; snapstart's own not shown
+    assert [(h["kind"], h["name"]) for h in out["hooks"]] == [
+        ("before_snapshot", "app.b2"), ("before_snapshot", "app.b1"),
+        ("after_restore", "app.a1"), ("after_restore", "app.a2")]
+    assert out["hooks"][0]["at"] == "app.py:13"
+    # the list is taken out of /tmp before the dump: no clone sees it
+    assert not any(".snapstart-hooks" in f["path"] for f in out["tmp_files"])
+    text = _inspect(settings, "hooks")
+    assert "before-snapshot  app.b2  (app.py:13)" in text.stdout
+    publish("node-hooks", handler="index.handler", runtime="node")
+    out = json.loads(_inspect(settings, "node-hooks", "--json").stdout)
+    assert [(h["kind"], h["name"], h["at"]) for h in out["hooks"]] == [
+        ("before_snapshot", "index.<anonymous>", "index.js:9"),
+        ("before_snapshot", "index.<anonymous>", "index.js:8"),
+        ("after_restore", "index.<anonymous>", "index.js:14"),
+        ("after_restore", "index.<anonymous>", "index.js:19")]
+    publish("provided-echo", runtime="provided", handler="echo")
+    assert json.loads(_inspect(settings, "provided-echo", "--json").stdout)["hooks"] is None
+    assert "hooks: (not recorded)" in _inspect(settings, "provided-echo").stdout
+
+
 def test_inspect_refuses_what_has_no_snapshot(manager, settings):
     proc = _inspect(settings, "missing")
     assert proc.returncode == 1 and "ResourceNotFoundException" in proc.stderr

@@ -21,7 +21,8 @@
  * On cold (on-demand) starts neither phase exists and hooks never run.
  *
  * The registry lives on a global symbol, so every copy of this module in a
- * process shares it.
+ * process shares it. Each entry keeps where it was registered (file, line), which
+ * `snapstart snapshots inspect` shows.
  */
 
 const KEY = Symbol.for('snapstart.hooks.v1');
@@ -33,15 +34,34 @@ function check(fn, what) {
   }
 }
 
+/** Where the caller of ``register`` is: { file, line }, or undefined. */
+function callerOf(register) {
+  const prepare = Error.prepareStackTrace;
+  const limit = Error.stackTraceLimit;
+  try {
+    Error.stackTraceLimit = 1;
+    Error.prepareStackTrace = (_, frames) => frames;
+    const holder = {};
+    Error.captureStackTrace(holder, register);
+    const frame = Array.isArray(holder.stack) ? holder.stack[0] : undefined;
+    return frame ? { file: frame.getFileName() || '', line: frame.getLineNumber() || 0 } : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    Error.prepareStackTrace = prepare;
+    Error.stackTraceLimit = limit;
+  }
+}
+
 function registerBeforeSnapshot(fn, ...args) {
   check(fn, 'registerBeforeSnapshot');
-  registry.beforeSnapshot.push({ fn, args });
+  registry.beforeSnapshot.push({ fn, args, site: callerOf(registerBeforeSnapshot) });
   return fn;
 }
 
 function registerAfterRestore(fn, ...args) {
   check(fn, 'registerAfterRestore');
-  registry.afterRestore.push({ fn, args });
+  registry.afterRestore.push({ fn, args, site: callerOf(registerAfterRestore) });
   return fn;
 }
 
