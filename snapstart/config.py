@@ -98,6 +98,10 @@ class Settings:
     region: str = "us-east-1"
     account_id: str = "000000000000"
     uid_range: tuple[int, int] = (800000, 899999)
+    # SNAPSTART_STORE=s3://BUCKET[/PREFIX]: the fleet store (store/s3.py); None: local
+    store_url: str | None = None
+    # how often a node looks for versions other nodes published (per function)
+    store_sync_s: float = 2.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -116,11 +120,23 @@ class Settings:
             shm=Path(env.get("SNAPSTART_SHM") or "/dev/shm/snapstart"),
             region=env.get("SNAPSTART_REGION") or env.get("AWS_REGION") or "us-east-1",
             uid_range=uid_range,
+            store_url=env.get("SNAPSTART_STORE") or None,
+            store_sync_s=_seconds(env, "SNAPSTART_STORE_SYNC_S", 2.0),
         )
 
     def function_arn(self, name: str, qualifier: str | None = None) -> str:
         arn = f"arn:aws:lambda:{self.region}:{self.account_id}:function:{name}"
         return f"{arn}:{qualifier}" if qualifier else arn
+
+
+def _seconds(env: Mapping[str, str], key: str, default: float) -> float:
+    try:
+        value = float(env.get(key) or default)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number of seconds") from None
+    if value < 0:
+        raise ConfigError(f"{key} must not be negative")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)

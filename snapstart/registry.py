@@ -32,6 +32,18 @@ A version is visible once ``version.json`` exists and ``.incomplete`` does not; 
 code must live at its final path *before* the checkpoint, because the restored
 processes refer to it by path (cwd, sys.path). Every name is validated with
 Lambda's rules before it becomes a path, so nothing can escape the home.
+
+Fleet (``SNAPSTART_STORE=s3://...``, store/s3.py): the bucket is the registry of
+record and this layout is the node's copy of it. Version numbers are claimed in the
+bucket (a conditional write), so two nodes publishing at once get distinct ones; a
+committed version's code and record, and alias changes, are pushed to the bucket.
+``resolve`` looks in the bucket for versions this node lacks at most every
+``SNAPSTART_STORE_SYNC_S`` seconds per function (default 2), and at once when a
+name or version is unknown here; what it finds is verified and copied into this
+layout (code unpacked, shared with the function's uid, which the snapshot records
+and this node adopts). A node that pulled a function without having $LATEST gets the
+newest pulled version as its $LATEST. Sync failures (endpoint down) are logged and
+resolution goes on with what the node has.
 """
 
 from __future__ import annotations
@@ -39,20 +51,24 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 from .config import FunctionConfig, Settings, validate_alias, validate_name
-from .errors import ConfigError, FunctionNotFoundError, InvalidNameError, StoreError
+from .errors import (ConfigError, FunctionNotFoundError, InvalidNameError, SnapStartError,
+                     StoreError)
 from .identities import Identities
 
 __all__ = ["Registry", "VersionInfo", "LATEST"]
 
+log = logging.getLogger("snapstart.registry")
 LATEST = "$LATEST"
+_FORCED_SYNC_GAP_S = 0.25    # an unknown name asks the bucket at most this often
 _SEALED = "$sealed"          # the environment's key when sealed (not a variable name)
 _STALE_INCOMPLETE_S = 3600
 
@@ -82,8 +98,13 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 class Registry:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, remote: Callable[[], Any] | None = None) -> None:
+        """``remote``: gives the fleet store (store/s3.py S3Store) when
+        ``settings.store_url`` is set (default: one made from the settings)."""
         self.settings = settings
+        self._remote_factory = remote
+        self._remote: Any = None
+        self._synced: dict[str, float] = {}     # name -> last bucket sync (monotonic)
         self.root = settings.home / "functions"
         self.identities = Identities(settings.home, settings.uid_range)
         self._cipher_state: tuple[object | None] | None = None
@@ -94,6 +115,83 @@ class Registry:
 
     def _fdir(self, name: str) -> Path:
         return self.root / validate_name(name)
+
+    # ---- the fleet's bucket ------------------------------------------------------
+    @property
+    def remote(self) -> Any:
+        """The fleet store, or None for a single node."""
+        if not self.settings.store_url:
+            return None
+        if self._remote is None:
+            if self._remote_factory is not None:
+                self._remote = self._remote_factory()
+            else:
+                from .store.s3 import S3Store
+                self._remote = S3Store.from_settings(self.settings, self.settings.store_url)
+        return self._remote
+
+    def sync(self, name: str, *, force: bool = False) -> None:
+        """Copy versions and aliases of ``name`` that the bucket has and this node
+        lacks (module docstring); no-op without a fleet store or within the interval."""
+        if not self.settings.store_url:
+            return
+        now = time.monotonic()
+        last = self._synced.get(name)
+        gap = _FORCED_SYNC_GAP_S if force else self.settings.store_sync_s
+        if last is not None and now - last < gap:
+            return
+        self._synced[name] = now
+        try:
+            remote = self.remote
+            local = set(self.versions(name))
+            for n in remote.remote_versions(name):
+                if n not in local:
+                    self._install(name, n, remote)
+            aliases = remote.fetch_aliases(name)
+            if aliases is not None:
+                have = set(self.versions(name))
+                aliases = {a: v for a, v in aliases.items() if v in have}
+                if aliases != self.aliases(name):
+                    with self.lock(name):
+                        _write_json(self._fdir(name) / "aliases.json", aliases)
+        except SnapStartError as exc:
+            log.warning("fleet sync of %s skipped: %s", name, exc.message)
+
+    def _install(self, name: str, n: int, remote: Any) -> None:
+        """Copy ``name:n`` from the bucket into this layout (verified by the store)."""
+        record, unpack = remote.fetch_version(name, n)
+        uid = int((record.get("snapshot") or {}).get("uid", -1))
+        if self.identities.get(name) is None and uid >= 0:
+            self.identities.adopt(name, uid)
+        gid = self.identity(name)[1]
+        with self.lock(name):
+            vroot = self._fdir(name) / "versions"
+            self._mkdirs(vroot)
+            vdir = vroot / str(n)
+            if (vdir / "version.json").exists():
+                return
+            shutil.rmtree(vdir, ignore_errors=True)
+            vdir.mkdir(mode=0o711)
+            (vdir / ".incomplete").write_text(str(os.getpid()))
+            try:
+                unpack(vdir)
+                for tree in (vdir / "code", vdir / "packages"):
+                    if tree.is_dir():
+                        self.share_with_sandbox(tree, gid)
+                _write_json(vdir / "version.json", record)
+                (vdir / ".incomplete").unlink()
+            except BaseException:
+                shutil.rmtree(vdir, ignore_errors=True)
+                raise
+            latest = self._fdir(name) / "latest"
+            if not (latest / "config.json").exists():
+                self._mkdirs(latest)
+                shutil.rmtree(latest / "code", ignore_errors=True)
+                _copy_code(vdir / "code", latest / "code")
+                self.share_with_sandbox(latest / "code", gid)
+                _write_json(latest / "config.json", record["config"])
+            os.utime(vroot)
+        log.info("fleet: pulled %s:%d", name, n)
 
     def _mkdirs(self, path: Path) -> None:
         """Create ``path`` and its parents below the home as traversable (0711)."""
@@ -185,6 +283,12 @@ class Registry:
 
     # ---- functions ---------------------------------------------------------------
     def functions(self) -> list[str]:
+        if self.settings.store_url:
+            try:
+                for name in self.remote.remote_functions():
+                    self.sync(name)
+            except SnapStartError as exc:
+                log.warning("fleet: listing the bucket's functions failed: %s", exc.message)
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir()
@@ -226,13 +330,16 @@ class Registry:
 
     # ---- versions ----------------------------------------------------------------
     def allocate_version(self, name: str) -> tuple[int, Path]:
-        """Reserve the next version number; its directory is marked incomplete."""
+        """Reserve the next version number (in a fleet: claimed in the bucket); its
+        directory is marked incomplete."""
         with self.lock(name):
             vroot = self._fdir(name) / "versions"
             self._mkdirs(vroot)
             self._sweep_incomplete(vroot)
             numbers = [int(p.name) for p in vroot.iterdir() if p.name.isdigit()]
             n = max(numbers, default=0) + 1
+            if self.remote is not None:
+                n = self.remote.claim_version(name, at_least=n)
             vdir = vroot / str(n)
             vdir.mkdir(mode=0o711)
             (vdir / ".incomplete").write_text(str(os.getpid()))
@@ -257,6 +364,8 @@ class Registry:
         vdir = self._fdir(name) / "versions" / str(n)
         _write_json(vdir / "version.json", {"config": self._config_out(config),
                                             "snapshot": snapshot, "created": time.time()})
+        if self.remote is not None:      # the record goes last: then it exists for all
+            self.remote.push_version(name, n, vdir)
         (vdir / ".incomplete").unlink()
         os.utime(vdir.parent)   # invalidates resolve() caches (here and in other processes)
 
@@ -314,6 +423,8 @@ class Registry:
                     f"Function not found: {self.settings.function_arn(name, str(version))}")
             aliases = self.aliases(name)
             aliases[alias] = version
+            if self.remote is not None:
+                self.remote.push_aliases(name, aliases)
             _write_json(self._fdir(name) / "aliases.json", aliases)
 
     # ---- resolution --------------------------------------------------------------
@@ -340,6 +451,8 @@ class Registry:
         No qualifier means the latest published version (or $LATEST if none).
         """
         key = (name, qualifier or None)
+        if self.settings.store_url:
+            self.sync(name)
         cached = self._cache.get(key)
         if cached is not None:
             stamp = self._stamp(name)
@@ -348,7 +461,14 @@ class Registry:
         else:
             validate_name(name)
             stamp = self._stamp(name)
-        info = self._resolve(name, qualifier)
+        try:
+            info = self._resolve(name, qualifier)
+        except FunctionNotFoundError:
+            if not self.settings.store_url:
+                raise
+            self.sync(name, force=True)     # published on another node a moment ago?
+            stamp = self._stamp(name)
+            info = self._resolve(name, qualifier)
         if len(self._cache) > 4096:
             self._cache.clear()
         self._cache[key] = (stamp, info)

@@ -122,7 +122,7 @@ class Manager:
         ``restore_ahead``: clones of each recently invoked version to keep restored
         ahead of demand (ahead.py; ``snapstart serve`` uses 1)."""
         self.settings = settings or Settings.from_env()
-        self.registry = Registry(self.settings)
+        self.registry = Registry(self.settings, remote=lambda: self.store)
         self.criu = Criu(self.settings.criu)
         self.keep_warm = keep_warm
         self.max_concurrency = max_concurrency or _default_concurrency()
@@ -164,8 +164,12 @@ class Manager:
     @property
     def store(self):
         if self._store is None:
-            from ..store import LocalStore  # lazy: keeps `snapstart --help` fast
-            self._store = LocalStore.from_settings(self.settings)
+            if self.settings.store_url:         # a fleet's bucket (store/s3.py)
+                from ..store.s3 import S3Store
+                self._store = S3Store.from_settings(self.settings, self.settings.store_url)
+            else:
+                from ..store import LocalStore  # lazy: keeps `snapstart --help` fast
+                self._store = LocalStore.from_settings(self.settings)
         return self._store
 
     def publish(self, code_dir: Path, config: FunctionConfig, *, progress: bool = False,

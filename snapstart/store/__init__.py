@@ -9,6 +9,8 @@ signed and verified, and their decompressed copies on tmpfs for restore.
 Modules, one concern each:
     base.py      the ``Store`` protocol the manager programs against
     local.py     ``LocalStore``: the on-disk layout, publishing, gc, verify, stats
+    s3.py        ``S3Store``: a fleet's bucket (SNAPSTART_STORE=s3://...), with a
+                 LocalStore as the node's cache; the registry's side of the bucket
     manifest.py  the manifest format (magic, version, msgpack body, HMAC), limits
     chunking.py  how files are cut into chunks (page-granular CDC), and why
     chunks.py    the content-addressed chunk files (zstd frames named by SHA-256)

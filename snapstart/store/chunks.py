@@ -163,6 +163,16 @@ class ChunkStore:
             return None, f"unreadable ({exc.strerror or exc})"
         finally:
             os.close(fd)
+        return self.verify_blob(h, blob, raw_size, encrypted=encrypted)
+
+    def verify_blob(self, h: str, blob: bytes, raw_size: int, *,
+                    encrypted: bool = False) -> tuple[bytes, None] | tuple[None, str]:
+        """Steps 2a-5 of the module docstring on a stored chunk's bytes."""
+        cipher = self.cipher
+        if encrypted and cipher is None:
+            return None, "is encrypted; set SNAPSTART_ENCRYPTION_KEY"
+        if len(blob) > compress_bound(raw_size) + (CHUNK_OVERHEAD if encrypted else 0):
+            return None, f"oversized ({len(blob)} bytes for {raw_size} raw)"
         if encrypted and cipher is not None:
             try:
                 blob = cipher.open_chunk(h, blob)
@@ -186,6 +196,31 @@ class ChunkStore:
         if not hmac.compare_digest(expect, h):
             return None, "corrupt (hash mismatch)"
         return out, None
+
+    def install(self, h: str, blob: bytes, raw_size: int, label: str, *,
+                encrypted: bool = False) -> None:
+        """Keep a stored chunk copied from elsewhere (the fleet's bucket, s3.py) once
+        it verifies; ``SnapshotIntegrityError`` and nothing kept if it does not.
+        Written like ``write``: temp file, then ``link`` (never replaces)."""
+        _, reason = self.verify_blob(h, blob, raw_size, encrypted=encrypted)
+        if reason is not None:
+            raise SnapshotIntegrityError(f"{label}: fetched chunk {h[:12]}.. {reason}")
+        tmp = self.tmp / f"{h}.{secrets.token_hex(4)}.tmp"
+        try:
+            write_new_file(tmp, blob)
+            final = self.path(h)
+            try:
+                os.link(tmp, final)
+            except FileNotFoundError:
+                mkdir_private(final.parent)
+                os.link(tmp, final)
+        except FileExistsError:
+            pass
+        finally:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
 
     def iter_hashes(self) -> Iterator[tuple[str, Path]]:
         """Every chunk file present (hash, path); names that are not chunks are skipped."""

@@ -114,6 +114,9 @@ class LocalStore:
         except OSError as exc:
             raise StoreError(f"cannot open the snapshot store at {self.root}: {exc}") from exc
         self.workers = max(2, os.cpu_count() or 2)
+        # set by a store this one caches for (s3.py): brings a manifest's chunks this
+        # store lacks before an L1 entry is built from them
+        self.fetch_missing: Callable[[Manifest], None] | None = None
         self._host: _host.HostFacts | None = None
         self._parsed: OrderedDict[tuple[bool, bytes], Manifest] = OrderedDict()
         self._parsed_lock = threading.Lock()
@@ -245,6 +248,8 @@ class LocalStore:
             raise StoreError(f"materializing {label} failed: {exc}") from exc
 
     def _build(self, m: Manifest, dest: Path, progress: bool) -> None:
+        if self.fetch_missing is not None:
+            self.fetch_missing(m)
         targets: dict[str, list[tuple[int, int]]] = {}
         first: dict[str, tuple[int, str]] = {}
         opened: list[tuple[int, int]] = []
