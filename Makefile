@@ -15,9 +15,9 @@ PYTHON ?= /usr/bin/python3
 APT_PACKAGES := build-essential pkg-config libprotobuf-c-dev protobuf-c-compiler \
 	libprotobuf-dev protobuf-compiler libnl-3-dev libnet1-dev libcap-dev libbsd-dev \
 	libgnutls28-dev libnftables-dev libaio-dev uuid-dev iproute2 util-linux \
-	python3-venv xz-utils
+	python3-venv xz-utils haproxy
 
-.PHONY: all setup deps criu snapinit native venv demo test typecheck unit integration bench doctor clean distclean
+.PHONY: all setup deps criu snapinit native venv demo cluster-demo test typecheck unit integration bench doctor clean distclean
 
 all: setup
 
@@ -92,6 +92,11 @@ doctor: venv
 
 demo: venv node-ric
 	bash scripts/demo.sh
+
+# A fleet on loopback: S3 (moto), three `snapstart serve` workers, HAProxy (issue 16;
+# scripts/cluster.py). The last line of output is one JSON object.
+cluster-demo: venv
+	scripts/cluster.sh demo --workers 3
 
 unit: venv
 	$(PY) -m pytest -q tests/unit

@@ -54,6 +54,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,7 @@ class Registry:
         self._remote_factory = remote
         self._remote: Any = None
         self._synced: dict[str, float] = {}     # name -> last bucket sync (monotonic)
+        self._sync_locks: dict[str, threading.Lock] = {}
         self.root = settings.home / "functions"
         self.identities = Identities(settings.home, settings.uid_range)
         self._cipher_state: tuple[object | None] | None = None
@@ -135,12 +137,25 @@ class Registry:
         lacks (module docstring); no-op without a fleet store or within the interval."""
         if not self.settings.store_url:
             return
-        now = time.monotonic()
+        called = time.monotonic()
         last = self._synced.get(name)
-        gap = _FORCED_SYNC_GAP_S if force else self.settings.store_sync_s
-        if last is not None and now - last < gap:
+        if not force and last is not None and called - last < self.settings.store_sync_s:
             return
-        self._synced[name] = now
+        lock = self._sync_locks.setdefault(name, threading.Lock())
+        # a periodic sync is skipped while another runs; a forced one (an unknown
+        # version) waits for it: what it was looking for may be what that one brings
+        if not lock.acquire(blocking=force):
+            return
+        try:
+            last = self._synced.get(name)
+            if last is not None and (last >= called or called - last < _FORCED_SYNC_GAP_S):
+                return
+            self._synced[name] = time.monotonic()
+            self._pull(name)
+        finally:
+            lock.release()
+
+    def _pull(self, name: str) -> None:
         try:
             remote = self.remote
             local = set(self.versions(name))

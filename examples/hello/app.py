@@ -39,6 +39,7 @@ def handler(event, context):
     return {
         "message": f"hello, {name}",
         "init_seconds": round(INIT_SECONDS, 3),
+        "init_at": STARTED,                # when init ran: the same in every clone
         "clone": CLONE["id"],
         "entry": TABLE[len(name)][:12],
         "request_id": context.aws_request_id,
