@@ -659,7 +659,9 @@ def serve(options: ServeOptions, settings: Settings | None = None, *,
 
 
 async def _main(service: InvokeService, options: ServeOptions, ready) -> None:
+    from ..triggers import runtime as triggers
     app = create_app(service)
+    triggers.install(app, service)      # function URLs, HttpApi/Api routes
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, _MalformedRequestFilter) for f in server_log.filters):
         server_log.addFilter(_MalformedRequestFilter())
@@ -674,6 +676,7 @@ async def _main(service: InvokeService, options: ServeOptions, ready) -> None:
     service.manager.start_housekeeping(idle_timeout_s=options.idle_timeout_s,
                                        max_lifetime_s=options.max_lifetime_s)
     service.worker.start()
+    running = triggers.start(service)   # schedules, event source mappings
     server: Any = site._server     # asyncio.Server (the base type lacks .sockets)
     port = server.sockets[0].getsockname()[1] if server else options.port
     print(f"snapstart: serving the Lambda Invoke API on http://{options.host}:{port}",
@@ -683,4 +686,5 @@ async def _main(service: InvokeService, options: ServeOptions, ready) -> None:
     try:
         await stop.wait()
     finally:
+        triggers.stop(running)
         await runner.cleanup()
