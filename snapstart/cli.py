@@ -92,7 +92,8 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 @main.command()
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory", type=click.Path(exists=True, path_type=Path),
+                metavar="DIRECTORY|ZIP")
 @click.option("--name", required=True, help="Function name.")
 @click.option("--handler", required=True, help="module.function, e.g. app.handler")
 @click.option("--runtime", default="python", show_default=True)
@@ -109,16 +110,31 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 def publish(directory: Path, name: str, handler: str, runtime: str, memory_mb: int,
             timeout_s: float, env: tuple[str, ...], ephemeral_mb: int, egress: bool,
             as_json: bool, run_check: bool) -> None:
-    """Init DIRECTORY's function once, snapshot it, record a new immutable version."""
+    """Init the function in DIRECTORY (or a .zip package) once, snapshot it, record a
+    new immutable version."""
+    import shutil
+    import tempfile
+
     from .config import FunctionConfig
+    from .deploy.package import is_zip, unpack_zip
     from .manager import Manager
 
     config = FunctionConfig(name=name, handler=handler, runtime=runtime, memory_mb=memory_mb,
                             timeout_s=timeout_s, environment=_parse_env(env),
                             ephemeral_storage_mb=ephemeral_mb, egress=egress)
-    with Manager(_settings(), keep_warm=False) as manager:
-        result = manager.publish(directory, config, progress=sys.stderr.isatty())
-        info = manager.registry.version(name, result.version) if run_check else None
+    staging = None
+    if not directory.is_dir():
+        if not is_zip(directory):
+            raise click.UsageError(f"{directory} is neither a directory nor a zip file")
+        staging = Path(tempfile.mkdtemp(prefix="snapstart-zip-", dir="/tmp"))
+    try:
+        code = unpack_zip(directory, staging / "code") if staging else directory
+        with Manager(_settings(), keep_warm=False) as manager:
+            result = manager.publish(code, config, progress=sys.stderr.isatty())
+            info = manager.registry.version(name, result.version) if run_check else None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     if not as_json:
         click.echo(f"published {result.name}:{result.version}  init {result.init_duration_ms:.0f} ms"
                    f"  dump {result.dump_duration_ms:.0f} ms  image {result.image_bytes / 2**20:.1f} MiB"
@@ -128,6 +144,44 @@ def publish(directory: Path, name: str, handler: str, runtime: str, memory_mb: i
             click.echo(json.dumps(result.to_dict()))
         return
     _run_check(info, as_json, extra={"publish": result.to_dict()} if as_json else None)
+
+
+@main.command()
+@click.argument("template", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--parameter-overrides", "overrides", multiple=True, metavar="K=V",
+              help="Template parameter values (repeatable; also K=V K2=V2 in one).")
+@click.option("--stack-name", default=None, help="AWS::StackName (default: the template's "
+              "directory name).")
+@click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
+@click.option("--json", "as_json", is_flag=True)
+def deploy(template: Path, overrides: tuple[str, ...], stack_name: str | None, dry_run: bool,
+           as_json: bool) -> None:
+    """Deploy an AWS SAM template: publish its functions, configure their triggers."""
+    from .deploy.apply import deploy as run_deploy
+    from .deploy.template import plan
+    from .manager import Manager
+
+    pairs = {}
+    for item in (p for arg in overrides for p in arg.split()):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"--parameter-overrides expects K=V, got {item!r}")
+        pairs[key] = value
+    settings = _settings()
+    the_plan = plan(template, pairs, stack=stack_name, region=settings.region,
+                    account=settings.account_id)
+    for warning in the_plan.warnings:
+        click.echo(f"snapstart: warning: {warning}", err=True)
+    with Manager(settings, keep_warm=False, restore_slots=0) as manager:
+        result = run_deploy(the_plan, manager, template=template, dry_run=dry_run,
+                            progress=sys.stderr.isatty() and not as_json)
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+        return
+    for change in result.changes:
+        click.echo(("would " if dry_run and not change.startswith("unchanged") else "") + change)
+    click.echo(f"{'dry run: ' if dry_run else ''}{len(result.published)} published, "
+               f"{len(result.unchanged)} unchanged")
 
 
 def _result_dict(result) -> dict:

@@ -375,7 +375,8 @@ class Registry:
             if not alive or time.time() - marker.stat().st_mtime > _STALE_INCOMPLETE_S:
                 shutil.rmtree(p, ignore_errors=True)
 
-    def commit_version(self, name: str, n: int, config: FunctionConfig, snapshot: dict) -> None:
+    def commit_version(self, name: str, n: int, config: FunctionConfig,
+                       snapshot: dict | None) -> None:
         vdir = self._fdir(name) / "versions" / str(n)
         _write_json(vdir / "version.json", {"config": self._config_out(config),
                                             "snapshot": snapshot, "created": time.time()})

@@ -173,10 +173,10 @@ class Manager:
         return self._store
 
     def publish(self, code_dir: Path, config: FunctionConfig, *, progress: bool = False,
-                init_timeout_s: float = 120.0) -> PublishResult:
+                init_timeout_s: float = 120.0, snap_start: bool = True) -> PublishResult:
         """Init once, checkpoint, store: a new immutable version (publisher.py)."""
         return self.publisher.publish(code_dir, config, progress=progress,
-                                      init_timeout_s=init_timeout_s)
+                                      init_timeout_s=init_timeout_s, snap_start=snap_start)
 
     # ---- invoke ------------------------------------------------------------------
     def invoke(self, name: str, payload: bytes = b"{}", *, qualifier: str | None = None,

@@ -96,8 +96,10 @@ class Publisher:
         self._sink = sink
 
     def publish(self, code_dir: Path, config: FunctionConfig, *, progress: bool = False,
-                init_timeout_s: float = 120.0) -> PublishResult:
-        """Init once, checkpoint, store: a new immutable version."""
+                init_timeout_s: float = 120.0, snap_start: bool = True) -> PublishResult:
+        """Init once, checkpoint, store: a new immutable version. ``snap_start=False``
+        (SAM's ``SnapStart: ApplyOn: None``): the version is recorded without a
+        snapshot (no init runs now); its invocations start cold."""
         store = self._store()
         self.registry.set_latest(config, Path(code_dir))
         n, vdir = self.registry.allocate_version(config.name)
@@ -114,6 +116,10 @@ class Publisher:
                         self.registry.share_with_sandbox(tree, identity[1])
             except OSError as exc:
                 raise PublishError(f"cannot prepare the function's code: {exc}") from exc
+            if not snap_start:
+                self.registry.commit_version(config.name, n, config, None)
+                return PublishResult(name=config.name, version=n, init_duration_ms=0.0,
+                                     dump_duration_ms=0.0, image_bytes=0, stored_bytes=0)
             seed = self._hash_seed(store, config.name)
             spec = runtime_spec(config, self.settings, identity=identity, code_dir=vdir / "code",
                                 packages_dir=packages, version=str(n), snap_start=True,

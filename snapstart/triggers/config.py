@@ -21,7 +21,11 @@ Written whole by ``snapstart deploy`` (atomically, under ``triggers.lock``); rea
                         "options": {...type-specific...}}],
      "destinations":  [{"function": NAME, "qualifier": ...|null,
                         "maximum_retry_attempts": int, "maximum_event_age_s": int,
-                        "on_success": DEST|null, "on_failure": DEST|null}]}
+                        "on_success": DEST|null, "on_failure": DEST|null}],
+     "provisioned":   [{"function": NAME, "qualifier": ALIAS, "n": int}]}
+
+(``provisioned`` is applied by ``snapstart serve`` when it starts and when the file
+changes: that many clones of the alias's version kept initialized.)
 
 A DEST is {"type": "function", "name": NAME} or {"type": "sqs", "queue_url": URL}.
 Unknown keys are kept (a newer snapstart may add them); a file of another format is
@@ -44,7 +48,8 @@ from ..errors import ConfigError
 __all__ = ["FORMAT", "Triggers", "load", "save", "locked", "path_of"]
 
 FORMAT = 1
-KINDS = ("function_urls", "http_routes", "schedules", "mappings", "destinations")
+KINDS = ("function_urls", "http_routes", "schedules", "mappings", "destinations",
+         "provisioned")
 
 
 @dataclasses.dataclass
@@ -54,6 +59,7 @@ class Triggers:
     schedules: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     mappings: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     destinations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    provisioned: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, **{k: getattr(self, k) for k in KINDS}}
