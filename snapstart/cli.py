@@ -646,5 +646,22 @@ def events_ls(failed: bool, as_json: bool) -> None:
         click.echo(f"{row['id']}\t{row['function']}{qual}\tattempts={row['attempts']}\t{extra}")
 
 
+@main.group()
+def mappings() -> None:
+    """Event source mappings (RabbitMQ, SQS) of triggers.json, as serve runs them."""
+
+
+@mappings.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+def mappings_ls(as_json: bool) -> None:
+    from .triggers.queues import describe_lines, describe
+    rows = describe(_settings().home)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for line in describe_lines(rows):
+        click.echo(line)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

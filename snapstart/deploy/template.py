@@ -464,13 +464,14 @@ def _event(fp: FunctionPlan, ev_name: str, ev: Any, where: str, warnings: list[s
         fmt = str(props.get("PayloadFormatVersion", "2.0")) if kind == "HttpApi" else "1.0"
         route = {"function": name, "qualifier": qualifier, "source": kind, "method": method,
                  "path": str(path), "payload_format": fmt}
-        from ..triggers import http
-        check = getattr(http, "check_route", None)
-        if check is not None:
-            try:
-                check(method, str(path))
-            except ConfigError as exc:
-                raise ConfigError(f"{where}.Properties: {exc.message}") from None
+        if "TimeoutInMillis" in props:
+            route["timeout_ms"] = _int(props["TimeoutInMillis"],
+                                       f"{where}.Properties.TimeoutInMillis", 50, 30000)
+        from ..triggers.http import check_route
+        try:
+            check_route(method, str(path))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.Properties: {exc.message}") from None
         fp.http_routes.append(route)
     elif kind in ("Schedule", "ScheduleV2"):
         expr = props.get("Schedule") if kind == "Schedule" else props.get("ScheduleExpression")
