@@ -631,8 +631,14 @@ def events() -> None:
 
 @events.command("ls")
 @click.option("--failed", is_flag=True, help="The failed-events (dead letter) table.")
+@click.option("--schedules", is_flag=True,
+              help="The schedules (triggers.json): last tick fired, next tick.")
 @click.option("--json", "as_json", is_flag=True)
-def events_ls(failed: bool, as_json: bool) -> None:
+def events_ls(failed: bool, schedules: bool, as_json: bool) -> None:
+    """Queued Event invocations (default), failed ones, or the schedules."""
+    if schedules:
+        _schedules_ls(as_json)
+        return
     from .events import EventStore
     store = EventStore(_settings().home / "events.db")
     rows = [r.to_dict() for r in (store.failed() if failed else store.pending())]
@@ -644,6 +650,22 @@ def events_ls(failed: bool, as_json: bool) -> None:
         qual = f":{row['qualifier']}" if row["qualifier"] else ""
         extra = row["error"] or ""
         click.echo(f"{row['id']}\t{row['function']}{qual}\tattempts={row['attempts']}\t{extra}")
+
+
+def _schedules_ls(as_json: bool) -> None:
+    from .triggers.schedule import describe
+    rows = describe(_settings().home)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        qual = f":{row['qualifier']}" if row["qualifier"] else ""
+        state = "enabled" if row["enabled"] else "disabled"
+        line = (f"{row['id']}\t{row['function']}{qual}\t{row['expression']}\t{state}\t"
+                f"last={row['last_tick'] or '-'}\tnext={row['next_tick'] or '-'}")
+        if row["error"]:
+            line += f"\terror: {row['error']}"
+        click.echo(line)
 
 
 @main.group()
