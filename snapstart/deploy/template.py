@@ -478,19 +478,20 @@ def _event(fp: FunctionPlan, ev_name: str, ev: Any, where: str, warnings: list[s
         if not isinstance(expr, str):
             raise ConfigError(f"{where}.Properties: {kind} needs "
                               f"{'Schedule' if kind == 'Schedule' else 'ScheduleExpression'}")
-        from ..triggers import schedule
-        parse = getattr(schedule, "parse", None)
-        if parse is not None:
-            try:
-                parse(expr)
-            except ConfigError as exc:
-                raise ConfigError(f"{where}.Properties: {exc.message}") from None
+        zone = props.get("ScheduleExpressionTimezone") if kind == "ScheduleV2" else None
+        from ..triggers.schedule import parse
+        try:
+            parse(expr, zone)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.Properties: {exc.message}") from None
         enabled = props.get("Enabled", props.get("State", "ENABLED") != "DISABLED")
         inp = props.get("Input")
-        fp.schedules.append({"id": f"{name}-{ev_name}", "function": name, "qualifier": qualifier,
-                             "expression": expr, "enabled": bool(enabled),
-                             "input": inp if inp is None or isinstance(inp, str)
-                             else json.dumps(inp)})
+        entry = {"id": f"{name}-{ev_name}", "function": name, "qualifier": qualifier,
+                 "expression": expr, "enabled": bool(enabled),
+                 "input": inp if inp is None or isinstance(inp, str) else json.dumps(inp)}
+        if zone:
+            entry["timezone"] = str(zone)
+        fp.schedules.append(entry)
     else:   # MQ, SQS
         batch = props.get("BatchSize", 100 if kind == "MQ" else 10)
         window = props.get("MaximumBatchingWindowInSeconds", 0)

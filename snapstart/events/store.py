@@ -77,6 +77,12 @@ class EventStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
 
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (autocommit): for a caller that writes its own rows
+        and an event in one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``), as the
+        scheduler does (triggers/schedule.py)."""
+        return self._conn()
+
     def _conn(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:

@@ -715,7 +715,7 @@ class Scheduler:
     def _db(self) -> sqlite3.Connection:
         # The EventStore's connection of this thread (autocommit): BEGIN IMMEDIATE on it
         # makes EventStore.add and our UPDATE one transaction (see the module docstring).
-        return self.service.events._conn()
+        return self.service.events.connection()
 
     def _reload(self, db: sqlite3.Connection) -> None:
         path = config.path_of(self.home)
