@@ -107,6 +107,14 @@ def test_names_parameters_globals_and_ignored_properties(tmp_path):
      "      CodeUri: src\n      Handler: app.handler\n      Runtime: python3.11\n"
      "      Events:\n        E: {Type: Schedule, Properties: {}}\n",
      "Resources.Fn.Properties.Events.E.Properties: Schedule needs Schedule"),
+    ("Resources:\n  Fn:\n    Type: AWS::Serverless::Function\n    Properties:\n"
+     "      CodeUri: src\n      Handler: app.handler\n      Runtime: python3.11\n"
+     "      Events:\n        E: {Type: Schedule, Properties: {Schedule: 'cron(0 12 * * * *)'}}\n",
+     "Resources.Fn.Properties.Events.E.Properties: "),
+    ("Resources:\n  Fn:\n    Type: AWS::Serverless::Function\n    Properties:\n"
+     "      CodeUri: src\n      Handler: app.handler\n      Runtime: python3.11\n"
+     "      Events:\n        E: {Type: HttpApi, Properties: {Path: /2015-03-31/x, Method: GET}}\n",
+     "Resources.Fn.Properties.Events.E.Properties: "),
 ])
 def test_a_broken_template_is_one_clear_error(tmp_path, body, message):
     with pytest.raises(ConfigError) as info:
