@@ -29,6 +29,7 @@ One batch, one invocation
                         counted, the poller pauses ``THROTTLE_PAUSE_S``
         unavailable     the function (or qualifier) does not exist: as throttled, with a
                         longer pause and the error shown in ``snapstart mappings ls``
+        interrupted     it failed while serve was stopping: as throttled, without a pause
 
 Delivery: at least once, never lost. Nothing is acked or deleted before the invocation
 that processed it returned success, so a crash anywhere (``kill -9`` of serve
@@ -459,7 +460,8 @@ def describe_lines(rows: list[dict[str, Any]], now: float | None = None) -> list
 # ---- invoking a batch --------------------------------------------------------------------
 @dataclass(frozen=True)
 class Outcome:
-    kind: str                       # ok | function_error | throttled | unavailable
+    kind: str                       # ok | function_error | throttled | unavailable |
+                                    # interrupted
     payload: bytes = b""
     error: str = ""                 # "errorType: errorMessage" (not for ok)
     request_id: str = ""
@@ -568,10 +570,10 @@ class Poller:
                 message = self.describe_error(exc)
                 delay = self.backoff.next()
                 self.board.problem(mid, message)
+                expected = isinstance(exc, (EventSourceError, *self.source_errors()))
                 log.error("mapping %s (%s %s): %s; connecting again in %.1f s", mid,
-                          self.spec.type, redact(self.spec.source), message, delay)
-                if not isinstance(exc, (EventSourceError, *self.source_errors())):
-                    log.debug("mapping %s", mid, exc_info=True)
+                          self.spec.type, redact(self.spec.source), message, delay,
+                          exc_info=not expected)
                 self.to(MappingState.BACKING_OFF)
                 self.stopping.wait(delay)
         self.to(MappingState.STOPPED)
@@ -616,6 +618,10 @@ class Poller:
             with self.board.change(self.spec.id) as status:
                 status.in_flight = 0
         outcome = future.result()
+        if self.stopping.is_set() and not outcome.ok:
+            # serve is shutting down (the manager may be closing under the invocation):
+            # not the function's failure, so not an attempt; the messages go back
+            outcome = Outcome("interrupted", error=outcome.error)
         with self.board.change(self.spec.id) as status:
             status.last_batch_outcome = outcome.kind
             if outcome.ok:
@@ -664,7 +670,13 @@ class Mappings:
             poller.stop()
         deadline = time.monotonic() + STOP_WAIT_S
         for mid, poller in list(self.pollers.items()):
-            if not poller.join(max(0.0, deadline - time.monotonic())):
+            # a batch in flight gets until the deadline; an idle poller (an SQS long
+            # poll cannot be interrupted) a second: what it holds was never invoked and
+            # returns to its queue (connection closed / visibility timeout)
+            status = self.board.get(mid)
+            busy = status is not None and status.in_flight > 0
+            wait = max(0.0, deadline - time.monotonic())
+            if not poller.join(wait if busy else min(1.0, wait)) and busy:
                 log.warning("mapping %s: batch still running at shutdown; its messages stay "
                             "unacknowledged and will be delivered again", mid)
         self.pool.shutdown(wait=False, cancel_futures=True)

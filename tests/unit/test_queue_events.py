@@ -453,3 +453,14 @@ def test_mappings_follow_the_file(tmp_path, monkeypatch):
     assert m.board.snapshot() == []
     m.stop()
     assert json.loads((tmp_path / queues.STATE_FILE).read_text())["running"] is False
+
+
+def test_a_failure_while_stopping_is_not_an_attempt(tmp_path):
+    poller, board = rabbit(tmp_path, max_retries=0)
+    poller.service.behave = lambda e: ("Unhandled", b'{"errorType": "E"}')
+    poller.stopping.set()
+    outcome = poller.invoke({"x": 1}, 1, tick=lambda: None)
+    assert outcome.kind == "interrupted" and not outcome.counts_attempt
+    ch = FakeChannel()
+    poller._settle(ch, [Delivery("q", 1, False, pika.BasicProperties(), b"b")], outcome)
+    assert ch.log == [("nack", 1, True)]          # back to the queue, not dead-lettered
