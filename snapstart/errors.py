@@ -25,6 +25,9 @@ OS are translated at the adapter that met them (``raise X(...) from exc``).
      +-- StoreError                  the snapshot store itself failed (I/O, disk full)
      +-- ThrottledError              concurrency limits reached (TooManyRequestsException)
      +-- PayloadError                payload not JSON or too large
+     +-- EventSourceError            a queue/broker of an event source mapping could not be
+                                     reached or used (logged and retried; never returned
+                                     to an Invoke API caller)
 
 Each class carries ``error_type``: the dotted name Lambda puts on the wire
 (``errorType`` in the body of a function error or the ``x-amzn-ErrorType`` header
@@ -55,6 +58,7 @@ __all__ = [
     "StoreError",
     "ThrottledError",
     "PayloadError",
+    "EventSourceError",
 ]
 
 
@@ -190,3 +194,11 @@ class ThrottledError(SnapStartError):
 
 class PayloadError(SnapStartError):
     error_type = "InvalidRequestContentException"
+
+
+class EventSourceError(SnapStartError):
+    """A queue or broker could not be reached or used (connection refused, bad
+    credentials, missing queue). The poller logs it, shows it in ``mappings ls`` and
+    retries with backoff; it never reaches a caller of the Invoke API."""
+
+    error_type = "EventSourceMapping.SourceError"

@@ -88,8 +88,8 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
 from .. import tracing
-from ..errors import (ConfigError, FunctionNotFoundError, InvalidTransition,
-                      SnapStartError, ThrottledError)
+from ..errors import (ConfigError, EventSourceError, FunctionNotFoundError,
+                      InvalidTransition, SnapStartError, ThrottledError)
 from . import config as trigger_config
 
 __all__ = ["Mappings", "MappingSpec", "MappingState", "MappingStatus", "StatusBoard",
@@ -107,14 +107,6 @@ UNAVAILABLE_PAUSE_S = 5.0
 MAX_BATCH_BYTES = 6 * 1024 * 1024 - 64 * 1024
 TYPES = ("MQ", "SQS")
 DEFAULT_BATCH = {"MQ": 100, "SQS": 10}
-
-
-class EventSourceError(SnapStartError):
-    """A queue or broker could not be reached or used (connection refused, bad
-    credentials, missing queue). The poller logs it, shows it in ``mappings ls`` and
-    retries with backoff; it never reaches a caller of the Invoke API."""
-
-    error_type = "EventSourceMapping.SourceError"
 
 
 class MappingState(enum.StrEnum):
