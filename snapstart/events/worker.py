@@ -1,9 +1,12 @@
 """The background worker that runs queued Event invocations through the Manager.
 
 Retries: a function error (``function_error`` set: Unhandled, Sandbox.Timedout,
-Runtime.ExitError) is retried ``retries`` times (Lambda: 2) after
-``backoff_s * 2**attempt``; then the event moves to the failed table. Throttles
-are re-queued without counting an attempt. An unknown function fails at once.
+Runtime.ExitError) is retried ``retries`` times (Lambda: 2; a function's own
+MaximumRetryAttempts wins, destinations.py) after ``backoff_s * 2**attempt``; then the
+event moves to the failed table. Throttles are re-queued without counting an
+attempt. An unknown function fails at once. An event older than the function's
+MaximumEventAgeInSeconds is failed without running. With ``destinations``, each
+settled event's record goes to the function's OnSuccess / OnFailure destination.
 
 Must not know about HTTP: it gets a Manager-like object with ``invoke``.
 """
@@ -15,7 +18,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import FunctionNotFoundError, PayloadError, SnapStartError, ThrottledError
 from .store import EventRecord, EventStore
@@ -38,8 +41,12 @@ class RetryPolicy:
 class EventWorker:
     def __init__(self, store: EventStore, manager, *, policy: RetryPolicy = RetryPolicy(),
                  threads: int = 2, poll_s: float = 0.2,
-                 on_result: Callable[[EventRecord, object], None] | None = None) -> None:
+                 on_result: Callable[[EventRecord, object], None] | None = None,
+                 destinations: Any = None, function_arn: Callable[[str, str | None], str]
+                 | None = None) -> None:
         self.store = store
+        self.destinations = destinations
+        self.function_arn = function_arn or (lambda name, q: name)
         self.manager = manager
         self.policy = policy
         self.poll_s = poll_s
@@ -97,7 +104,33 @@ class EventWorker:
                 self._inflight.discard(record.id)
             self._wake.set()
 
+    def _settle(self, record: EventRecord, condition: str, result: Any,
+                settings: dict | None) -> None:
+        """Send the record of a settled event to its destination, if one is set."""
+        if not settings or self.destinations is None:
+            return
+        target = settings.get("on_success" if condition == "Success" else "on_failure")
+        if not target:
+            return
+        from .destinations import record as destination_record
+        self.destinations.send(target, destination_record(
+            request_id=record.id, function_arn=self.function_arn(record.function,
+                                                                 record.qualifier),
+            condition=condition, attempts=record.attempts + 1, payload=record.payload,
+            result=result))
+
     def _run_one(self, record: EventRecord) -> None:
+        settings = (self.destinations.settings(record.function)
+                    if self.destinations is not None else None)
+        retries = self.policy.retries
+        if settings is not None:
+            retries = int(settings.get("maximum_retry_attempts", retries))
+            max_age = float(settings.get("maximum_event_age_s", 21600))
+            if time.time() - record.created > max_age:
+                self.store.fail(record.id, "EventAgeExceeded: older than "
+                                f"{max_age:.0f} s when its turn came")
+                self._settle(record, "EventAgeExceeded", None, settings)
+                return
         try:
             result = self.manager.invoke(record.function, record.payload,
                                          qualifier=record.qualifier, trace_id=record.trace_id,
@@ -125,8 +158,10 @@ class EventWorker:
                 log.exception("event result hook failed")
         if error is None:
             self.store.done(record.id)
-        elif record.attempts >= self.policy.retries:
+            self._settle(record, "Success", result, settings)
+        elif record.attempts >= retries:
             self.store.fail(record.id, error)
+            self._settle(record, "RetriesExhausted", result, settings)
         else:
             self.store.retry(record.id, next_at=time.time() + self.policy.delay(record.attempts),
                              error=error)

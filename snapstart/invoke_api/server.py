@@ -118,10 +118,14 @@ class InvokeService:
         # has its response (as Lambda's logs reach CloudWatch after it)
         self.log_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapstart-logs")
         self.events = EventStore(settings.home / "events.db")
+        from ..events.destinations import Destinations
+        destinations = Destinations(settings.home, self._enqueue_destination)
         self.worker = EventWorker(self.events, manager,
                                   policy=RetryPolicy(retries=options.event_retries,
                                                      backoff_s=options.event_backoff_s),
-                                  threads=options.event_threads, on_result=self._event_result)
+                                  threads=options.event_threads, on_result=self._event_result,
+                                  destinations=destinations,
+                                  function_arn=settings.function_arn)
         self.pool = ThreadPoolExecutor(max_workers=manager.max_concurrency + 8,
                                        thread_name_prefix="snapstart-invoke")
         self.control = ThreadPoolExecutor(max_workers=4, thread_name_prefix="snapstart-ctl")
@@ -188,6 +192,12 @@ class InvokeService:
                          sync=True)
         except SnapStartError:
             pass
+
+    def _enqueue_destination(self, name: str, body: bytes) -> None:
+        """A function destination's record: an Event invocation of that function."""
+        self.events.add(name, None, body)
+        self.metrics.events.labels(name).inc()
+        self.worker.wake()
 
     def enqueue(self, name: str, qualifier: str | None, body: bytes, *, trace_id: str,
                 client_context: str | None) -> tuple[str, str]:
