@@ -28,7 +28,7 @@ from snapstart.triggers.rabbitmq import (AttemptCounter, Delivery, RabbitPoller,
 from snapstart.triggers.sqs import (SqsPoller, batch_item_failures, endpoint_for,
                                     parse_arn, sqs_record)
 
-pika = pytest.importorskip("pika")
+import pika  # noqa: E402 - a dependency of snapstart (pyproject.toml)
 
 
 def mq_entry(mid: str = "m1", **kw) -> dict:
