@@ -72,7 +72,7 @@ from ..errors import (ConfigError, FunctionNotFoundError, SnapshotIntegrityError
                       SnapStartError, StoreError)
 from . import host as _host
 from ._fs import (create_file, flocked, fsync_dir, mkdir_private, pwrite_all, write_new_file)
-from .chunking import CHUNKER_ID, iter_chunks
+from .chunking import CHUNKER_ID, iter_chunks, volatile_ranges
 from .chunks import ChunkStore
 from .crypto import StoreCipher, encryption_key_from_env
 from .l1 import L1Cache
@@ -192,13 +192,15 @@ class LocalStore:
         pending: dict[str, Future[tuple[int, bool]]] = {}
         window: deque[Future[tuple[int, bool]]] = deque()
         layout: list[tuple[str, int, int, list[tuple[str, int]]]] = []
+        # where the image's processes keep their random secrets (chunking.py)
+        volatile = volatile_ranges({rel: path for rel, path, _ in files})
         with ThreadPoolExecutor(self.workers, thread_name_prefix="snapstart-put") as pool, \
                 _progressbar(progress, total, f"publishing {label}") as bar:
             for rel, path, _ in files:
                 with open(path, "rb") as f:
                     mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode) & 0o777
                     chunks: list[tuple[str, int]] = []
-                    for data in iter_chunks(f.read):
+                    for data in iter_chunks(f.read, volatile.get(rel, ())):
                         h = self._chunks.name(data)
                         if h not in pending:
                             fut = pool.submit(self._chunks.write, h, data)

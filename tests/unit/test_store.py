@@ -27,8 +27,10 @@ import pytest
 from snapstart.config import Settings
 from snapstart.errors import (ConfigError, FunctionNotFoundError, SnapshotIncompatibleError,
                               SnapshotIntegrityError, StoreError)
-from snapstart.store import HostFacts, LocalStore, Manifest, Store
-from snapstart.store.chunking import MAX_CHUNK, PAGE, split
+from snapstart.store import HostFacts, LocalStore, Manifest, Store, chunking
+from snapstart.store import local as local_mod
+from snapstart.store.chunking import (CHUNKER_ID, GAP_PAGES, MAX_CHUNK, PAGE, split,
+                                      volatile_ranges)
 from snapstart.store.manifest import MAX_MANIFEST_BYTES
 from snapstart.store.synthetic import fill_pages
 
@@ -191,6 +193,146 @@ def test_chunker_cuts_on_pages_and_resyncs():
     shifted = split(os.urandom(2 * PAGE) + data)
     tail = {(off - 2 * PAGE, n) for off, n in shifted}
     assert len(tail & set(spans)) >= len(spans) - 3
+
+
+# -- chunking around a process's secrets (chunking.py) -----------------------------------
+
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, v = v & 0x7F, v >> 7
+        out.append(b | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
+def _pb(*fields: tuple[int, int | bytes]) -> bytes:
+    """A protobuf message: ints as varints, bytes as length-delimited fields."""
+    out = b""
+    for number, value in fields:
+        if isinstance(value, bytes):
+            out += _varint(number << 3 | 2) + _varint(len(value)) + value
+        else:
+            out += _varint(number << 3) + _varint(value)
+    return out
+
+
+def _criu_image(magic: int, *messages: bytes) -> bytes:
+    out = (0x54564319).to_bytes(4, "little") + magic.to_bytes(4, "little")   # IMG_COMMON
+    return out + b"".join(len(m).to_bytes(4, "little") + m for m in messages)
+
+
+HEAP, STACK = 0x555555A00000, 0x7FFFFFF00000
+HEAP_PAGES, STACK_PAGES, ANON_PAGES = 512, 16, 1024
+KEY_PAGES = (3, 40, 41, 97, 200, 300, 301, 302, 450)        # heap pages with the tcache key
+CANARY_PAGES = (HEAP_PAGES + ANON_PAGES + 5, HEAP_PAGES + ANON_PAGES + 9)
+
+
+def criu_like_image(path: Path, key: int, canary: int) -> Path:
+    """An image directory in CRIU's formats: one process whose heap starts with
+    glibc's tcache_perthread_struct; the tcache key in the free entries of
+    KEY_PAGES, the canary at fs_base + 0x28 and in CANARY_PAGES."""
+    path.mkdir(parents=True)
+    anon = 0x7FFFF7000000
+    pages = bytearray(fill_pages(random.Random(7), HEAP_PAGES + ANON_PAGES + STACK_PAGES))
+    pages[0:16] = bytes(8) + (0x291).to_bytes(8, "little")    # prev_size, size
+    counts, heads = bytearray(128), bytearray(512)
+    for binno, page in enumerate(KEY_PAGES):
+        entry = HEAP + page * PAGE + 0x110                      # a free chunk's user pointer
+        counts[2 * binno:2 * binno + 2] = (1).to_bytes(2, "little")
+        heads[8 * binno:8 * binno + 8] = entry.to_bytes(8, "little")
+        at = page * PAGE + 0x110
+        pages[at:at + 16] = ((entry >> 12)).to_bytes(8, "little") + key.to_bytes(8, "little")
+    pages[16:16 + 128 + 512] = counts + heads
+    fs_base = STACK + 2 * PAGE
+    for page in CANARY_PAGES:
+        at = page * PAGE + 0x48
+        pages[at:at + 8] = canary.to_bytes(8, "little")
+    at = HEAP_PAGES + ANON_PAGES + 2
+    pages[at * PAGE + 0x28:at * PAGE + 0x30] = canary.to_bytes(8, "little")
+    (path / "pages-1.img").write_bytes(pages)
+    runs = [(HEAP, HEAP_PAGES), (anon, ANON_PAGES), (STACK, STACK_PAGES)]
+    (path / "pagemap-7.img").write_bytes(_criu_image(
+        0x56084025, _pb((1, 1)),
+        *(_pb((1, vaddr), (2, 0), (4, 4), (5, n)) for vaddr, n in runs)))
+    statuses = (1 | 1 << 5 | 1 << 9, 1 | 1 << 9, 1 | 1 << 1 | 1 << 9)   # heap, anon, stack
+    vmas = [_pb((1, vaddr), (2, vaddr + n * PAGE), (3, 0), (4, 0), (5, 3), (6, 0x22),
+                (7, status), (8, 1)) for (vaddr, n), status in zip(runs, statuses)]
+    (path / "mm-7.img").write_bytes(_criu_image(
+        0x57492820, _pb(*((i, 0) for i in range(1, 13)), *((14, v) for v in vmas))))
+    gpregs = _pb(*((i, 0) for i in range(1, 22)), (22, fs_base))
+    (path / "core-7.img").write_bytes(_criu_image(
+        0x55053847, _pb((1, 1), (2, _pb((1, 0), (2, gpregs))))))
+    (path / "pstree.img").write_bytes(b"pstree")
+    return path
+
+
+def test_chunks_cut_around_a_process_secrets(tmp_path, monkeypatch):
+    a = criu_like_image(tmp_path / "a", key=0x96180EC6153D66D9, canary=0x461CEF8A3FDE0000)
+    b = criu_like_image(tmp_path / "b", key=0xC0F2165F99AEC370, canary=0x24B77BD477B30900)
+    files = {p.name: p for p in a.iterdir()}
+    ranges = volatile_ranges(files)
+    volatile = {off // PAGE for lo, hi in ranges["pages-1.img"] for off in range(lo, hi, PAGE)}
+    secret = set(KEY_PAGES) | set(CANARY_PAGES) | {HEAP_PAGES + ANON_PAGES + 2}
+    assert secret <= volatile
+    assert all(min(abs(p - q) for q in secret) <= GAP_PAGES for p in volatile)
+    assert volatile_ranges({p.name: p for p in b.iterdir()}) == ranges   # same layout
+    data = (a / "pages-1.img").read_bytes()
+    spans = split(data, ranges["pages-1.img"])
+    assert sum(n for _, n in spans) == len(data)
+    cuts = {off for off, _ in spans} | {len(data)}
+    assert all(lo in cuts and hi in cuts for lo, hi in ranges["pages-1.img"])
+    assert all(n <= MAX_CHUNK and off % PAGE == 0 for off, n in spans)
+    # the same cuts whatever the read size, a key across two reads found all the same
+    monkeypatch.setattr(chunking, "READ_BLOCK", 3 * PAGE + 0x11C)
+    assert volatile_ranges(files) == ranges
+    assert split(data, ranges["pages-1.img"]) == spans
+    # only the chunks holding a secret differ between the two processes
+    data_b = (b / "pages-1.img").read_bytes()
+    for off, n in spans:
+        if data[off:off + n] != data_b[off:off + n]:
+            assert any(lo <= off < hi for lo, hi in ranges["pages-1.img"]), off
+
+
+def test_secrets_cut_rule_shares_more_and_round_trips(tmp_path, monkeypatch):
+    a = criu_like_image(tmp_path / "a", key=0x96180EC6153D66D9, canary=0x461CEF8A3FDE0000)
+    b = criu_like_image(tmp_path / "b", key=0xC0F2165F99AEC370, canary=0x24B77BD477B30900)
+    shared = {}
+    for rule in ("v1", "v2"):
+        store = LocalStore(tmp_path / rule / "store", tmp_path / rule / "l1")
+        monkeypatch.setattr(local_mod, "volatile_ranges",
+                            volatile_ranges if rule == "v2" else lambda files: {})
+        m = store.put("fn", 1, a, {})
+        store.put("fn", 2, b, {})
+        assert m.meta["chunking"] == CHUNKER_ID       # what cut it, as documented
+        s2 = store.stats()[1]
+        shared[rule] = s2["shared_bytes"] / s2["stored_bytes"]
+        same_tree(b, store.materialize("fn", 2))
+        same_tree(a, store.materialize("fn", 1))
+        assert store.verify() == []
+    assert shared["v2"] > 0.85 and shared["v2"] > shared["v1"] + 0.1, shared
+
+
+def test_images_without_secrets_are_cut_as_before(tmp_path, image):
+    """Random bytes in pagemap/mm/core, a heap without tcache, truncated or absent
+    images: no volatile pages, i.e. version 1's cuts, never an error."""
+    assert volatile_ranges({p.name: p for p in image.iterdir()}) == {}
+    img = criu_like_image(tmp_path / "img", key=0x96180EC6153D66D9, canary=0x461CEF8A3FDE0000)
+    files = {p.name: p for p in img.iterdir()}
+    stack = HEAP_PAGES + ANON_PAGES
+    for name, left in (("core-7.img", set(KEY_PAGES)), ("mm-7.img", {stack + 2, stack + 5}),
+                       ("pagemap-7.img", set())):
+        broken = tmp_path / f"broken-{name}"
+        shutil.copytree(img, broken)
+        (broken / name).write_bytes((img / name).read_bytes()[:13] + b"\xff" * 7)
+        found = volatile_ranges({p.name: p for p in broken.iterdir()})
+        pages = {o // PAGE for lo, hi in found.get("pages-1.img", []) for o in range(lo, hi, PAGE)}
+        assert left <= pages and (pages >= set(KEY_PAGES)) == (name == "core-7.img"), name
+    assert volatile_ranges({k: v for k, v in files.items() if k != "pages-1.img"}) == {}
+    small_key = criu_like_image(tmp_path / "small", key=0x1234, canary=0)   # not random
+    assert volatile_ranges({p.name: p for p in small_key.iterdir()}) == {}
+    data = (image / "pages-1.img").read_bytes()
+    assert split(data) == split(data, ())
 
 
 def test_versions_are_immutable(store, image):
