@@ -507,16 +507,22 @@ def _event(fp: FunctionPlan, ev_name: str, ev: Any, where: str, warnings: list[s
                 raise ConfigError(f"{where}.Properties: MQ needs Broker and Queues")
             mapping["source"] = str(broker)
             mapping["queues"] = [str(q) for q in queues]
-            mapping["options"] = {k: v for k, v in props.items()
-                                  if k in ("VirtualHost", "SourceAccessConfigurations",
-                                           "MaximumRetryAttempts", "DeadLetterExchange")}
+            for key in sorted(set(props) - {"Broker", "Queues", "BatchSize", "Enabled",
+                                            "MaximumBatchingWindowInSeconds"}):
+                warnings.append(f"{where}.Properties.{key}: ignored (the broker URL carries "
+                                "credentials and vhost)")
         else:
             if not props.get("Queue"):
                 raise ConfigError(f"{where}.Properties: SQS needs Queue")
             mapping["source"] = str(props["Queue"])
-            types = props.get("FunctionResponseTypes") or []
-            mapping["options"] = {"report_batch_item_failures":
-                                  "ReportBatchItemFailures" in types,
-                                  **({"endpoint_url": props["EndpointUrl"]}
-                                     if "EndpointUrl" in props else {})}
+            mapping["options"] = {"function_response_types":
+                                  list(props.get("FunctionResponseTypes") or [])}
+            for key in sorted(set(props) - {"Queue", "BatchSize", "Enabled", "FunctionResponseTypes",
+                                            "MaximumBatchingWindowInSeconds"}):
+                warnings.append(f"{where}.Properties.{key}: ignored")
+        from ..triggers.queues import MappingSpec
+        try:
+            MappingSpec.from_entry(mapping)     # what serve will accept, checked now
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.Properties: {exc.message}") from None
         fp.mappings.append(mapping)

@@ -95,8 +95,13 @@ HEADER_ATTEMPTS = "x-snapstart-attempts"
 def _pika() -> Any:
     """pika, imported when a mapping first connects (serve without MQ mappings never
     loads it)."""
+    import logging
+
     import pika  # type: ignore[import-untyped]
     import pika.exceptions  # type: ignore[import-untyped]  # noqa: F401
+    # pika logs every failed connection attempt at ERROR, with tracebacks, several
+    # times over; the poller reports each failure itself, in one line (queues.py)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     return pika
 
 

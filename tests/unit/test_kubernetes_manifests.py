@@ -37,9 +37,6 @@ MANIFESTS = PROJECT_ROOT / "deploy" / "kubernetes"
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 NAMESPACE = "snapstart"
 PORT_NAME = "invoke-api"
-# Variables the manifests set that snapstart's code does not read yet: the fleet
-# store (issue 16) reads SNAPSTART_STORE.
-PENDING_VARIABLES = {"SNAPSTART_STORE"}
 # Capabilities snapstart was seen to need (deploy/kubernetes/capability-probe.py):
 # with any one of them dropped from the bounding set, publish, a restored start, a
 # cold start or an egress start failed; with only these, all four worked. The
@@ -257,8 +254,7 @@ def test_snapstart_variables_are_ones_the_code_reads(serve, configmap):
     names = set(_env(serve)) | set(configmap["data"])
     source = "\n".join(p.read_text() for p in (PROJECT_ROOT / "snapstart").rglob("*.py"))
     for name in sorted(n for n in names if n.startswith("SNAPSTART_")):
-        if name not in PENDING_VARIABLES:
-            assert f'"{name}"' in source, f"{name} is read nowhere in snapstart/"
+        assert f'"{name}"' in source, f"{name} is read nowhere in snapstart/"
 
 
 def test_l1_tmpfs_and_memory_limit_hold_the_l1_budget(pod, serve):

@@ -1,4 +1,5 @@
 """The sample app's HTTP function: HttpApi routes /items/{id} and a function URL."""
+import base64
 import json
 import os
 import time
@@ -11,7 +12,10 @@ def handler(event, context):
     method = event.get("requestContext", {}).get("http", {}).get("method", "GET")
     item_id = (event.get("pathParameters") or {}).get("id")
     if method == "PUT" and item_id:
-        ITEMS[item_id] = {"id": item_id, **json.loads(event.get("body") or "{}")}
+        body = event.get("body") or "{}"
+        if event.get("isBase64Encoded"):      # API Gateway does this for non-text types
+            body = base64.b64decode(body)
+        ITEMS[item_id] = {"id": item_id, **json.loads(body)}
         return {"statusCode": 201, "body": json.dumps(ITEMS[item_id])}
     if item_id:
         item = ITEMS.get(item_id)
