@@ -15,7 +15,7 @@ PYTHON ?= /usr/bin/python3
 APT_PACKAGES := build-essential pkg-config libprotobuf-c-dev protobuf-c-compiler \
 	libprotobuf-dev protobuf-compiler libnl-3-dev libnet1-dev libcap-dev libbsd-dev \
 	libgnutls28-dev libnftables-dev libaio-dev uuid-dev iproute2 util-linux \
-	python3-venv xz-utils haproxy rabbitmq-server tzdata
+	python3-venv xz-utils haproxy rabbitmq-server tzdata nftables
 
 .PHONY: all setup deps criu snapinit native venv demo cluster-demo test typecheck unit integration bench doctor clean distclean
 

@@ -14,9 +14,14 @@ Egress (off by default; ``FunctionConfig.egress``): ``add_egress`` gives the
 namespace a veth pair, ``eth0`` inside, ``snp<N>`` on the host, addressed from a
 link-local /30 (``169.254.128.0/17``: host ``.1``, clone ``.2``, default route via
 the host end; the block holding 169.254.169.254 is never used). The host end has
-IPv4 forwarding off and both ends have IPv6 off, so a clone reaches the host's
-addresses (a proxy listening on the host end, say) but never another clone, the
-host's 127.0.0.0/8 services or beyond the host, even when the host forwards. To
+IPv4 forwarding off and both ends have IPv6 off, and one nftables rule (table
+``inet snapstart_egress``, created once per boot by the first egress sandbox, shared
+by all: ``iifname "snp*" fib daddr . iif type != local drop``) drops whatever a clone
+sends to a host address other than its own host end. So a clone reaches a service
+listening on its host end (a proxy on 169.254.x.1 or 0.0.0.0, say) and nothing else:
+not another clone, not the host's other addresses (an Invoke API listening on the
+machine's address included), not the host's 127.0.0.0/8 services, not beyond the
+host, even when the host forwards. Without ``nft`` an egress sandbox is refused. To
 give functions the internet, an operator adds forwarding + NAT for
 ``169.254.128.0/17`` deliberately. The host end name is the allocator: creating
 ``snp<N>`` fails if another clone (of any manager) holds block N. The pair dies with
@@ -112,6 +117,7 @@ def add_egress(netns_fd: int) -> Egress:
     from pyroute2 import IPRoute                       # lazy: ~340 ms to import
     from pyroute2.netlink.exceptions import NetlinkError
 
+    guard_host()
     start = random.randrange(EGRESS_BLOCKS)
     with IPRoute() as ipr:
         for i in range(EGRESS_BLOCKS):
@@ -144,6 +150,45 @@ def add_egress(netns_fd: int) -> Egress:
                 pass
             raise SandboxError(f"cannot configure the egress veth: {exc}") from exc
     return egress
+
+
+_NFT_TABLE = "snapstart_egress"
+_NFT_RULES = f"""table inet {_NFT_TABLE} {{
+    chain input {{
+        type filter hook input priority filter; policy accept;
+        iifname "snp*" fib daddr . iif type != local drop
+    }}
+}}
+"""
+_guarded = False
+
+
+def guard_host() -> None:
+    """The nftables rule of the module docstring, once (idempotent, across processes)."""
+    global _guarded
+    if _guarded:
+        return
+    import shutil
+    import subprocess
+
+    nft = shutil.which("nft", path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if nft is None:
+        raise SandboxError("egress needs nftables (`nft`) to keep clones off the host's "
+                           "other addresses; install the nftables package")
+    lock = os.open("/run/snapstart-egress.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        have = subprocess.run([nft, "list", "chain", "inet", _NFT_TABLE, "input"],
+                              capture_output=True, text=True)
+        if have.returncode != 0:
+            made = subprocess.run([nft, "-f", "-"], input=_NFT_RULES, capture_output=True,
+                                  text=True)
+            if made.returncode != 0:
+                raise SandboxError(f"cannot install the egress guard (nft): "
+                                   f"{made.stderr.strip()[:300]}")
+    finally:
+        os.close(lock)
+    _guarded = True
 
 
 def _clone_end(egress: Egress) -> None:

@@ -113,6 +113,20 @@ def test_egress_veth_reaches_the_host_end_only(manager, publish, settings):
         probe = _out(manager.invoke("egress", json.dumps({"connect": [other, 7000]}).encode(),
                                     force_new=True))
         assert probe["connect"] != "connected", probe
+        # ... nor any host address but its own host end: a host service listening on
+        # every address (as an Invoke API on the machine's address would) is reached
+        # through the clone's own gateway only, not through another clone's
+        with socket.socket() as every:
+            every.bind(("0.0.0.0", 0))
+            every.listen(4)
+            any_port = every.getsockname()[1]
+            own = _out(manager.invoke("egress", json.dumps(
+                {"connect": ["gateway", any_port]}).encode()))
+            assert own["connect"] == "connected", own
+            other_gw = gw if own["gateway"] != gw else _out(second)["gateway"]
+            cross = _out(manager.invoke("egress", json.dumps(
+                {"connect": [other_gw, any_port]}).encode()))
+            assert cross["gateway"] != other_gw and cross["connect"] != "connected", cross
         # without egress there is only lo
         plain = _out(manager.invoke("noegress", json.dumps({"connect": [gw, port]}).encode()))
         assert sorted(plain["links"]) == ["lo"] and plain["gateway"] is None

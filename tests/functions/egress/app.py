@@ -39,6 +39,8 @@ def handler(event, context):
         LISTENER.append(s)
     if "connect" in event:
         host, port = event["connect"]
+        if host == "gateway":                  # this clone's own host end
+            host = out["gateway"]
         c = socket.socket()
         c.settimeout(1.0)
         try:
