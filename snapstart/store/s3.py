@@ -13,7 +13,7 @@ node's ``LocalStore`` (L2, disk) as they are needed, and materialized into its L
 their hash (chunks.py), manifests by their HMAC (manifest.py), version records by
 their HMAC and the code archive by the SHA-256 the record holds.
 
-Bucket layout, format 1 (``PREFIX/`` before every key)::
+Bucket layout, format 2 (``PREFIX/`` before every key)::
 
     chunks/<h[0:2]>/<h>.zst                      a chunk: the same bytes as a
                                                  LocalStore chunk file (chunks.py)
@@ -21,19 +21,27 @@ Bucket layout, format 1 (``PREFIX/`` before every key)::
                                                  (a conditional write): whoever
                                                  creates it owns version number n
     functions/<name>/versions/<n>/manifest.msgpack   the signed manifest
-    functions/<name>/versions/<n>/code.tar.zst   the version's code/ and packages/
-                                                 (tar, zstd)
+    trees/<id>.tar.zst                           a version's code/ or packages/ tree:
+                                                 a deterministic tar (sorted, no owners,
+                                                 mtime 0), zstd; content-addressed, so
+                                                 the packages of a version whose code
+                                                 changed are not uploaded again. <id> is
+                                                 the SHA-256 of the tar, or with
+                                                 encryption its keyed name and the object
+                                                 sealed like a chunk (crypto.py)
     functions/<name>/versions/<n>/version.json   the version record, written last: the
                                                  version exists once this does
     functions/<name>/aliases.json                {"alias": n}
 
 Version record (``version.json``)::
 
-    {"format": 1, "name": str, "version": n,
+    {"format": 2, "name": str, "version": n,
      "record": {...the node's versions/<n>/version.json (registry.py)...},
-     "code_sha256": hex of code.tar.zst,
+     "trees": {"code": <id>, "packages": <id> | null},
      "mac": hex HMAC-SHA256(store key, "snapstart-version\\0" + canonical JSON of the
             fields above)}
+
+(Format 1, a per-version ``code.tar.zst`` and its ``code_sha256``, is still read.)
 
 Publishing on a node: claim n (the first free number above what the bucket holds),
 publish locally as version n, upload the chunks the bucket lacks (in parallel;
@@ -75,7 +83,7 @@ from .manifest import Manifest
 __all__ = ["S3Bucket", "S3Store", "parse_store_url", "FORMAT"]
 
 log = logging.getLogger("snapstart.store.s3")
-FORMAT = 1
+FORMAT = 2
 MAX_CLAIM_TRIES = 64
 MAX_CODE_ARCHIVE = 512 << 20        # Lambda's 250 MB unzipped, compressed, with margin
 _AUTH_ERRORS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
@@ -379,7 +387,7 @@ class S3Store:
     def remove(self, name: str, version: int) -> None:
         prefix = _vprefix(name, version)
         self.bucket.delete(prefix + "version.json")       # invisible first
-        for rel in ("manifest.msgpack", "code.tar.zst"):
+        for rel in ("manifest.msgpack", "code.tar.zst"):      # trees/ are shared: kept
             self.bucket.delete(prefix + rel)
         try:
             self.local.remove(name, version)
@@ -423,15 +431,49 @@ class S3Store:
         return hmac.new(self.key, b"snapstart-version\0" + _canonical(doc),
                         hashlib.sha256).hexdigest()
 
+    def _push_tree(self, vdir: Path, tree: str) -> str | None:
+        """Upload ``vdir/tree`` unless the bucket has it already; its id."""
+        if not (vdir / tree).is_dir():
+            return None
+        tar = _pack(vdir, (tree,))
+        cipher = self.local._cipher
+        tree_id = cipher.chunk_name(tar) if cipher else hashlib.sha256(tar).hexdigest()
+        rel = f"trees/{tree_id}.tar.zst"
+        if not self.bucket.exists(rel):
+            import zstandard
+            blob = zstandard.ZstdCompressor(level=3).compress(tar)
+            self.bucket.put(rel, cipher.seal_chunk(tree_id, blob) if cipher else blob)
+        return tree_id
+
+    def _fetch_tree(self, tree_id: str, label: str) -> bytes:
+        """A tree's tar, verified against its id."""
+        import zstandard
+
+        blob = self.bucket.get(f"trees/{tree_id}.tar.zst", limit=MAX_CODE_ARCHIVE)
+        if blob is None:
+            raise SnapshotIntegrityError(f"{label}: code tree {tree_id[:12]}.. missing from "
+                                         f"{self.bucket.url}")
+        cipher = self.local._cipher
+        try:
+            if cipher is not None:
+                blob = cipher.open_chunk(tree_id, blob)
+            tar = zstandard.ZstdDecompressor().decompress(
+                blob, max_output_size=MAX_CODE_ARCHIVE * 4)
+        except Exception:  # noqa: BLE001 - zstd / AES-GCM errors: the tree is not ours
+            raise SnapshotIntegrityError(f"{label}: code tree {tree_id[:12]}.. corrupt or "
+                                         "sealed with another key") from None
+        expect = cipher.chunk_name(tar) if cipher else hashlib.sha256(tar).hexdigest()
+        if not hmac.compare_digest(expect, tree_id):
+            raise SnapshotIntegrityError(f"{label}: code tree {tree_id[:12]}.. altered")
+        return tar
+
     def push_version(self, name: str, n: int, vdir: Path) -> None:
-        """Upload a committed version's code and record (after ``put``)."""
-        archive = _pack(vdir, ("code", "packages"))
-        prefix = _vprefix(name, n)
-        self.bucket.put(prefix + "code.tar.zst", archive)
+        """Upload a committed version's code trees and record (after ``put``)."""
+        trees = {tree: self._push_tree(vdir, tree) for tree in ("code", "packages")}
         doc = {"format": FORMAT, "name": name, "version": int(n),
-               "record": json.loads((vdir / "version.json").read_text()),
-               "code_sha256": hashlib.sha256(archive).hexdigest()}
-        self.bucket.put(prefix + "version.json", _canonical({**doc, "mac": self._mac(doc)}))
+               "record": json.loads((vdir / "version.json").read_text()), "trees": trees}
+        self.bucket.put(_vprefix(name, n) + "version.json",
+                        _canonical({**doc, "mac": self._mac(doc)}))
 
     def fetch_version(self, name: str, n: int) -> tuple[dict, Callable[[Path], None]]:
         """The verified record of ``name:n`` and a function unpacking its code into a
@@ -449,16 +491,24 @@ class S3Store:
         if not hmac.compare_digest(str(mac), self._mac(doc)):
             raise SnapshotIntegrityError(f"{name}:{n}: version record signature mismatch "
                                          "(another SNAPSTART_STORE_KEY, or tampered)")
-        if doc.get("format") != FORMAT or doc.get("name") != name or doc.get("version") != n:
+        if doc.get("format") not in (1, FORMAT) or doc.get("name") != name \
+                or doc.get("version") != n:
             raise SnapshotIntegrityError(f"{name}:{n}: the record in {self.bucket.url} is not "
                                          "this version's")
 
         def unpack(vdir: Path) -> None:
-            archive = self.bucket.get(prefix + "code.tar.zst", limit=MAX_CODE_ARCHIVE)
-            if archive is None or hashlib.sha256(archive).hexdigest() != doc["code_sha256"]:
-                raise SnapshotIntegrityError(f"{name}:{n}: code archive missing or altered in "
-                                             f"{self.bucket.url}")
-            _unpack(archive, vdir)
+            if doc["format"] == 1:
+                archive = self.bucket.get(prefix + "code.tar.zst", limit=MAX_CODE_ARCHIVE)
+                if archive is None or hashlib.sha256(archive).hexdigest() != doc["code_sha256"]:
+                    raise SnapshotIntegrityError(f"{name}:{n}: code archive missing or "
+                                                 f"altered in {self.bucket.url}")
+                import zstandard
+                _unpack(zstandard.ZstdDecompressor().decompress(
+                    archive, max_output_size=MAX_CODE_ARCHIVE * 4), vdir)
+                return
+            for tree_id in (doc.get("trees") or {}).values():
+                if tree_id:
+                    _unpack(self._fetch_tree(str(tree_id), f"{name}:{n}"), vdir)
 
         return doc["record"], unpack
 
@@ -479,10 +529,7 @@ class S3Store:
 
 
 def _pack(vdir: Path, trees: Iterable[str]) -> bytes:
-    """A deterministic tar (sorted, no owners, mtime 0) of ``trees`` under ``vdir``,
-    zstd-compressed."""
-    import zstandard
-
+    """A deterministic tar (sorted, no owners, mtime 0) of ``trees`` under ``vdir``."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for tree in trees:
@@ -500,19 +547,12 @@ def _pack(vdir: Path, trees: Iterable[str]) -> bytes:
                         tar.addfile(info, f)
                 elif info.isdir() or info.issym():
                     tar.addfile(info)
-    return zstandard.ZstdCompressor(level=3).compress(buf.getvalue())
+    return buf.getvalue()
 
 
-def _unpack(archive: bytes, vdir: Path) -> None:
-    """Extract ``_pack``'s archive into ``vdir``: regular files, directories and
+def _unpack(raw: bytes, vdir: Path) -> None:
+    """Extract ``_pack``'s tar into ``vdir``: regular files, directories and
     symlinks only, every path inside ``vdir``, nothing written through a symlink."""
-    import zstandard
-
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(archive,
-                                                      max_output_size=MAX_CODE_ARCHIVE * 4)
-    except zstandard.ZstdError as exc:
-        raise SnapshotIntegrityError(f"code archive: {exc}") from None
     dest = vdir.resolve()
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
         for info in tar.getmembers():

@@ -219,3 +219,24 @@ def test_bad_bucket_credentials_and_corrupt_chunk(nodes, moto, monkeypatch):
     with pytest.raises(StoreError) as info:
         S3Bucket("s3://snaps/fleet").check()
     assert "no AWS credentials" in info.value.message
+
+
+def test_encrypted_fleet_keeps_no_plaintext_code_or_pages_in_the_bucket(nodes, moto,
+                                                                      monkeypatch):
+    monkeypatch.setenv("SNAPSTART_ENCRYPTION_KEY", "7c" * 32)
+    a, b = nodes(2, url="s3://snaps/sealed")
+    a.publish(FUNCTIONS / "hello", _config("hello"))
+    first = b.invoke("hello")
+    assert first.start_type == "restored" and b"hello: init ran" not in first.logs
+    s3 = moto.s3()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="snaps", Prefix="sealed/")["Contents"]]
+    assert any(k.startswith("sealed/trees/") for k in keys)
+    for key in keys:
+        body = s3.get_object(Bucket="snaps", Key=key)["Body"].read()
+        assert b"hello: init ran" not in body and b"def handler" not in body, key
+    # a second version with the same code uploads no code tree again
+    before = a.store.bucket.bytes_up
+    a.publish(FUNCTIONS / "hello", _config("hello"))
+    trees = [k for k in (o["Key"] for o in s3.list_objects_v2(
+        Bucket="snaps", Prefix="sealed/trees/")["Contents"])]
+    assert len(trees) == 1 and a.store.bucket.bytes_up > before
