@@ -142,6 +142,19 @@ class LocalStore:
                    encryption_key=encryption_key_from_env(env))
 
     @property
+    def chunks(self) -> ChunkStore:
+        """The chunk files (a fleet store copies them to and from its bucket, s3.py)."""
+        return self._chunks
+
+    @property
+    def cipher(self) -> StoreCipher | None:
+        return self._cipher
+
+    def manifest_path(self, name: str, version: int) -> Path:
+        """Where ``name:version``'s signed manifest lives (it may not exist)."""
+        return self._manifest_path(name, version)
+
+    @property
     def encrypted(self) -> bool:
         """Whether ``put`` encrypts (reading follows each manifest's format)."""
         return self._cipher is not None

@@ -309,13 +309,13 @@ class S3Store:
                 rel = f"chunks/{h[:2]}/{h}.zst"
                 if self.bucket.exists(rel):
                     return 0
-                data = self.local._chunks.path(h).read_bytes()
+                data = self.local.chunks.path(h).read_bytes()
                 self.bucket.put(rel, data)
                 return len(data)
 
             with ThreadPoolExecutor(self.workers, thread_name_prefix="snapstart-s3") as pool:
                 list(pool.map(upload, refs))
-            body = self.local._manifest_path(name, version).read_bytes()
+            body = self.local.manifest_path(name, version).read_bytes()
             self.bucket.put(_vprefix(name, version) + "manifest.msgpack", body)
         except BaseException:
             try:
@@ -327,12 +327,12 @@ class S3Store:
 
     # ---- reading --------------------------------------------------------------------
     def _ensure_manifest(self, name: str, version: int) -> None:
-        if self.local._manifest_path(name, version).exists():
+        if self.local.manifest_path(name, version).exists():
             return
         body = self.bucket.get(_vprefix(name, version) + "manifest.msgpack", limit=64 << 20)
         if body is None:
             raise FunctionNotFoundError(f"{name}:{version} not found in the snapshot store")
-        path = self.local._manifest_path(name, version)
+        path = self.local.manifest_path(name, version)
         mkdir_private(path.parent)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         write_new_file(tmp, body)
@@ -363,7 +363,7 @@ class S3Store:
     def _fetch_chunks(self, m: Manifest) -> None:
         """Before an L1 entry is built: copy the chunks this node lacks from the bucket,
         in parallel, each verified before it is kept."""
-        chunks = self.local._chunks
+        chunks = self.local.chunks
         missing = {h: c for h, c in m.chunk_refs().items() if chunks.stored_size(h) is None}
         if not missing:
             return
@@ -436,7 +436,7 @@ class S3Store:
         if not (vdir / tree).is_dir():
             return None
         tar = _pack(vdir, (tree,))
-        cipher = self.local._cipher
+        cipher = self.local.cipher
         tree_id = cipher.chunk_name(tar) if cipher else hashlib.sha256(tar).hexdigest()
         rel = f"trees/{tree_id}.tar.zst"
         if not self.bucket.exists(rel):
@@ -453,7 +453,7 @@ class S3Store:
         if blob is None:
             raise SnapshotIntegrityError(f"{label}: code tree {tree_id[:12]}.. missing from "
                                          f"{self.bucket.url}")
-        cipher = self.local._cipher
+        cipher = self.local.cipher
         try:
             if cipher is not None:
                 blob = cipher.open_chunk(tree_id, blob)

@@ -207,7 +207,7 @@ def test_bad_bucket_credentials_and_corrupt_chunk(nodes, moto, monkeypatch):
     assert result.function_error is None and result.start_type == "cold"
     assert any("unusable" in note and "chunk" in note for note in result.notes)
     digest = chunk.rsplit("/", 1)[1].removesuffix(".zst")
-    assert b.store.local._chunks.stored_size(digest) is None    # not kept
+    assert b.store.local.chunks.stored_size(digest) is None    # not kept
     # no credentials at all: a clear error (moto accepts any key, so wrong keys
     # cannot be shown here; the code maps AccessDenied/InvalidAccessKeyId the same way)
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
