@@ -52,7 +52,7 @@ from aiohttp import web
 
 from .. import tracing
 from ..config import Settings
-from ..errors import SnapStartError, ThrottledError
+from ..errors import SnapStartError, StoreError, ThrottledError
 from ..events import EventStore, EventWorker, RetryPolicy
 from ..logs import TAIL_BYTES, LogWriter, invocation_block
 from ..manager.manager import MAX_SYNC_PAYLOAD, check_payload
@@ -656,6 +656,16 @@ def serve(options: ServeOptions, settings: Settings | None = None, *,
         log.warning("killed %d sandbox(es) left by a previous server", killed)
     manager = Manager(settings, max_concurrency=options.max_concurrency,
                       restore_ahead=options.restore_ahead)
+    if settings.store_url:
+        # a fleet's settings are checked now, not at the first request; an unreachable
+        # bucket is only a warning: the versions this node holds still serve
+        try:
+            manager.store.bucket.check()
+        except StoreError as exc:
+            log.warning("%s; serving what this node holds until it answers", exc.message)
+        except BaseException:
+            manager.close()
+            raise
     service = InvokeService(manager, settings, options)
     try:
         # uvloop's event loop (libuv): ~15 % more warm invokes/s than asyncio's with
