@@ -141,6 +141,9 @@ class Registry:
         last = self._synced.get(name)
         if not force and last is not None and called - last < self.settings.store_sync_s:
             return
+        if len(self._sync_locks) > 4096:        # unknown names asked for: bounded
+            self._synced.clear()
+            self._sync_locks.clear()
         lock = self._sync_locks.setdefault(name, threading.Lock())
         # a periodic sync is skipped while another runs; a forced one (an unknown
         # version) waits for it: what it was looking for may be what that one brings
