@@ -19,6 +19,10 @@ last deploy recorded is gone. Deploy state (``$SNAPSTART_HOME/deploy-state.json`
                                        "template": path}}}
 
 ``dry_run`` reports the same changes and makes none.
+
+A running ``snapstart serve`` follows ``triggers.json`` at once (URLs, routes,
+schedules, mappings, destinations); reserved and provisioned concurrency take effect
+when it (re)starts.
 """
 
 from __future__ import annotations
