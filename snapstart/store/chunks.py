@@ -70,6 +70,16 @@ def compress_bound(n: int) -> int:
     return n + (n >> 8) + extra + 32
 
 
+_NO_KEY = "is encrypted; set SNAPSTART_ENCRYPTION_KEY"
+
+
+def _oversized(size: int, raw_size: int, encrypted: bool) -> str | None:
+    """Step 2: what is wrong with a stored size the raw size cannot explain."""
+    if size > compress_bound(raw_size) + (CHUNK_OVERHEAD if encrypted else 0):
+        return f"oversized ({size} bytes for {raw_size} raw)"
+    return None
+
+
 class ChunkStore:
     def __init__(self, chunks_dir: Path, tmp_dir: Path, level: int,
                  cipher: StoreCipher | None = None) -> None:
@@ -104,6 +114,13 @@ class ChunkStore:
         blob = self._cctx().compress(data)
         if self.cipher is not None:
             blob = self.cipher.seal_chunk(h, blob)
+        if not self._link_new(h, blob):
+            return os.stat(self.path(h)).st_size, False
+        return len(blob), True
+
+    def _link_new(self, h: str, blob: bytes) -> bool:
+        """Put ``blob`` under ``h``'s name: a temp file, fsynced, then ``link``ed into
+        place (never replaces). False if the chunk was there already."""
         tmp = self.tmp / f"{h}.{secrets.token_hex(4)}.tmp"
         try:
             write_new_file(tmp, blob)
@@ -114,13 +131,13 @@ class ChunkStore:
                 mkdir_private(final.parent)
                 os.link(tmp, final)
         except FileExistsError:
-            return os.stat(self.path(h)).st_size, False
+            return False
         finally:
             try:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
-        return len(blob), True
+        return True
 
     def sync_dirs(self, prefixes: set[str]) -> None:
         """fsync the chunk directories new chunks were linked into (and their parent,
@@ -142,10 +159,8 @@ class ChunkStore:
     def load(self, h: str, raw_size: int, *,
              encrypted: bool = False) -> tuple[bytes, None] | tuple[None, str]:
         """(verified bytes, None), or (None, what is wrong with the chunk)."""
-        cipher = self.cipher
-        if encrypted and cipher is None:
-            return None, "is encrypted; set SNAPSTART_ENCRYPTION_KEY"
-        bound = compress_bound(raw_size) + (CHUNK_OVERHEAD if encrypted else 0)
+        if encrypted and self.cipher is None:
+            return None, _NO_KEY
         try:
             # relative to an open directory: no walk down the store's full path
             fd = os.open(f"{h[:2]}/{h}.zst", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dirfd)
@@ -155,24 +170,32 @@ class ChunkStore:
             return None, f"unreadable ({exc.strerror or exc})"
         try:
             size = os.fstat(fd).st_size
-            if size > bound:
-                return None, f"oversized ({size} bytes for {raw_size} raw)"
+            oversized = _oversized(size, raw_size, encrypted)
+            if oversized:
+                return None, oversized
             # read exactly ``size``: a larger read buffer costs more than the fstat
             blob = _read_upto(fd, size)
         except OSError as exc:
             return None, f"unreadable ({exc.strerror or exc})"
         finally:
             os.close(fd)
-        return self.verify_blob(h, blob, raw_size, encrypted=encrypted)
+        return self._open_blob(h, blob, raw_size, encrypted)
 
     def verify_blob(self, h: str, blob: bytes, raw_size: int, *,
                     encrypted: bool = False) -> tuple[bytes, None] | tuple[None, str]:
-        """Steps 2a-5 of the module docstring on a stored chunk's bytes."""
+        """Steps 2-5 of the module docstring on a stored chunk's bytes (held in memory:
+        a chunk fetched from elsewhere)."""
+        if encrypted and self.cipher is None:
+            return None, _NO_KEY
+        oversized = _oversized(len(blob), raw_size, encrypted)
+        if oversized:
+            return None, oversized
+        return self._open_blob(h, blob, raw_size, encrypted)
+
+    def _open_blob(self, h: str, blob: bytes, raw_size: int,
+                   encrypted: bool) -> tuple[bytes, None] | tuple[None, str]:
+        """Steps 2a-5: authenticate, decompress, hash."""
         cipher = self.cipher
-        if encrypted and cipher is None:
-            return None, "is encrypted; set SNAPSTART_ENCRYPTION_KEY"
-        if len(blob) > compress_bound(raw_size) + (CHUNK_OVERHEAD if encrypted else 0):
-            return None, f"oversized ({len(blob)} bytes for {raw_size} raw)"
         if encrypted and cipher is not None:
             try:
                 blob = cipher.open_chunk(h, blob)
@@ -205,22 +228,7 @@ class ChunkStore:
         _, reason = self.verify_blob(h, blob, raw_size, encrypted=encrypted)
         if reason is not None:
             raise SnapshotIntegrityError(f"{label}: fetched chunk {h[:12]}.. {reason}")
-        tmp = self.tmp / f"{h}.{secrets.token_hex(4)}.tmp"
-        try:
-            write_new_file(tmp, blob)
-            final = self.path(h)
-            try:
-                os.link(tmp, final)
-            except FileNotFoundError:
-                mkdir_private(final.parent)
-                os.link(tmp, final)
-        except FileExistsError:
-            pass
-        finally:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+        self._link_new(h, blob)
 
     def iter_hashes(self) -> Iterator[tuple[str, Path]]:
         """Every chunk file present (hash, path); names that are not chunks are skipped."""
