@@ -5,7 +5,10 @@
     metrics.py  Prometheus metrics (GET /metrics)
     orphans.py  startup cleanup of sandboxes left by a crashed server
     server.py   the aiohttp application and ``serve()``
-    client.py   ``invoke_remote``: the CLI's stdlib client (no boto3)
+    eventstream.py  InvokeWithResponseStream's event stream encoding
+    sink.py     ``LoopSink``: a streamed response handed to the event loop
+    client.py   ``invoke_remote``: the CLI's stdlib client (no boto3); its streaming
+                twin decodes event streams with botocore
 
 Data flow: HTTP -> server -> Manager (threads) -> sandbox. Nothing here reaches
 into sandboxes except orphans.py, which only kills leftovers at startup.

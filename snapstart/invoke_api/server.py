@@ -59,6 +59,7 @@ from ..manager.manager import MAX_SYNC_PAYLOAD, check_payload
 from ..registry import LATEST
 from ..results import ResponseSink
 from . import eventstream
+from .sink import LoopSink
 from .errors import ApiError, from_exception
 from .metrics import CONTENT_TYPE, Metrics
 from .names import parse_function_ref
@@ -315,27 +316,6 @@ async def _json_body(request: web.Request) -> dict:
     return data
 
 
-class _LoopSink:
-    """A ResponseSink that hands a streamed response to the event loop: called on the
-    invoking thread, it never blocks (the 20 MiB limit bounds what can queue)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-    def _put(self, item: tuple[str, Any]) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:
-            pass                    # the loop is closed: the server is stopping
-
-    def begin(self, content_type: str) -> None:
-        self._put(("begin", content_type))
-
-    def chunk(self, data: bytes) -> None:
-        self._put(("chunk", data))
-
-
 def _error_parts(payload: bytes) -> tuple[str, str]:
     """(errorType, errorMessage) of a function error's payload."""
     try:
@@ -473,7 +453,7 @@ def create_app(service: InvokeService) -> web.Application:
         trace_id = tracing.function_header(request.headers)
         request_id = str(uuid.uuid4())
         loop = asyncio.get_running_loop()
-        sink = _LoopSink(loop)
+        sink = LoopSink(loop)
         done = loop.run_in_executor(service.pool, functools.partial(
             service.invoke_sync, name, qualifier, body, trace_id=trace_id,
             client_context=client_context, info=info, sink=sink, request_id=request_id,

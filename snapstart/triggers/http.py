@@ -170,6 +170,7 @@ from urllib.parse import parse_qsl, unquote
 from .. import tracing
 from ..config import validate_name
 from ..errors import ConfigError, FunctionNotFoundError, SnapStartError, ThrottledError
+from ..invoke_api.sink import LoopSink
 from . import config
 
 __all__ = ["check_route", "install", "Route", "FunctionUrl", "Snapshot", "Table",
@@ -867,26 +868,6 @@ class _TooLarge(Exception):
     pass
 
 
-class _StreamSink:
-    """A ResponseSink handing a streamed response to the event loop (never blocks)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-    def _put(self, item: tuple[str, Any]) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:
-            pass                        # the loop is closed: serve is stopping
-
-    def begin(self, content_type: str) -> None:
-        self._put(("begin", content_type))
-
-    def chunk(self, data: bytes) -> None:
-        self._put(("chunk", data))
-
-
 def _reserved(path: str) -> bool:
     first = path.lstrip("/").split("/", 1)[0]
     return bool(_DATE_SEGMENT.fullmatch(first)) or path.rstrip("/") == "/metrics"
@@ -1027,7 +1008,7 @@ class Gateway:
         """Invoke as the Invoke API does; an HttpResponse, or a StreamResponse sent."""
         loop = asyncio.get_running_loop()
         # without a sink a streamed response is collected into the payload (answered whole)
-        sink = _StreamSink(loop) if stream else None
+        sink = LoopSink(loop) if stream else None
         streamed = _Streamed(request, cors or [])
         with tracing.span("Invoke", kind="SERVER", context=tracing.extract(request.headers),
                           **{"faas.invoked_name": function, "faas.trigger": "http",
