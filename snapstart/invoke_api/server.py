@@ -485,15 +485,7 @@ def create_app(service: InvokeService) -> web.Application:
             elif value:
                 await send(eventstream.payload_chunk(value))
 
-        while not done.done():
-            getter = asyncio.ensure_future(sink.queue.get())
-            await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                await relay(getter.result())
-            else:
-                getter.cancel()
-        while not sink.queue.empty():      # queued before the invoke returned
-            await relay(sink.queue.get_nowait())
+        await sink.relay_until(done, relay)
         try:
             result, _, block = done.result()
         except Exception as exc:  # noqa: BLE001 - after the first byte: in InvokeComplete

@@ -7,7 +7,7 @@ streaming function URLs (triggers/http.py)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 __all__ = ["LoopSink"]
 
@@ -30,3 +30,17 @@ class LoopSink:
 
     def chunk(self, data: bytes) -> None:
         self._put(("chunk", data))
+
+    async def relay_until(self, done: asyncio.Future,
+                          relay: Callable[[tuple[str, Any]], Awaitable[None]]) -> None:
+        """``relay`` every item, in order, until the invocation (``done``) has ended and
+        what it queued before ending is relayed too."""
+        while not done.done():
+            getter = asyncio.ensure_future(self.queue.get())
+            await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                await relay(getter.result())
+            else:
+                getter.cancel()
+        while not self.queue.empty():      # queued before the invoke returned
+            await relay(self.queue.get_nowait())

@@ -1031,15 +1031,7 @@ class Gateway:
                                 request.method, request.path, function, timeout_s, surface)
                     return error_response(surface, "timeout")
             else:
-                while not done.done():
-                    getter = asyncio.ensure_future(sink.queue.get())
-                    await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
-                    if getter.done():
-                        await streamed.relay(getter.result())
-                    else:
-                        getter.cancel()
-                while not sink.queue.empty():   # queued before the invoke returned
-                    await streamed.relay(sink.queue.get_nowait())
+                await sink.relay_until(done, streamed.relay)
             try:
                 result, _, _ = done.result()
             except ThrottledError:
