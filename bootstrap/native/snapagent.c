@@ -640,14 +640,20 @@ static void route_result(struct conn *c, const char *id, int is_error, const cha
 	A.finished[A.finished_next] = strdup(rid);
 	A.finished_next = (A.finished_next + 1) % FINISHED_KEPT;
 	snprintf(type, sizeof(type), "%s", error_type(c));
-	if (c->stream_id && c->too_large) {
-		static const char big[] =
-			"{\"errorMessage\": \"Response payload size exceeded maximum allowed payload "
-			"size (20971520 bytes).\", \"errorType\": \"Function.ResponseSizeTooLarge\"}";
+	if (c->too_large) {
+		/* Lambda's limits: 6 MiB buffered, 20 MiB streamed (what fit was forwarded) */
+		size_t limit = c->stream_id ? MAX_STREAM_BODY : MAX_REQUEST_BODY;
+		char big[160], why[80];
+		int bn = snprintf(big, sizeof(big),
+				  "{\"errorMessage\": \"Response payload size exceeded maximum allowed "
+				  "payload size (%zu bytes).\", \"errorType\": "
+				  "\"Function.ResponseSizeTooLarge\"}", limit);
 
-		error_reply(c, 413, "RequestEntityTooLarge", "streamed response exceeds 20971520 bytes");
+		snprintf(why, sizeof(why), "%sresponse exceeds %zu bytes",
+			 c->stream_id ? "streamed " : "", limit);
+		error_reply(c, 413, "RequestEntityTooLarge", why);
 		drain_logs();
-		emit_typed("error", rid, "Function.ResponseSizeTooLarge", big, sizeof(big) - 1, 0);
+		emit_typed("error", rid, "Function.ResponseSizeTooLarge", big, (size_t)bn, 0);
 	} else if (c->stream_id && c->error_type[0]) {
 		/* the runtime failed mid-stream: its error came in the trailers */
 		long dn = c->error_body.data ? b64_decode(c->error_body.data, c->error_body.len) : 0;
@@ -658,14 +664,6 @@ static void route_result(struct conn *c, const char *id, int is_error, const cha
 			emit_typed("error", rid, type, c->error_body.data, c->error_body.len, 0);
 		else
 			emit_typed("error", rid, type, dn ? c->error_body.data : "", (size_t)dn, 0);
-	} else if (c->too_large) {
-		static const char big[] =
-			"{\"errorMessage\": \"Response payload size exceeded maximum allowed payload "
-			"size (6291456 bytes).\", \"errorType\": \"Function.ResponseSizeTooLarge\"}";
-
-		error_reply(c, 413, "RequestEntityTooLarge", "response exceeds 6291456 bytes");
-		drain_logs();
-		emit_typed("error", rid, "Function.ResponseSizeTooLarge", big, sizeof(big) - 1, 0);
 	} else {
 		ok202(c);
 		drain_logs();
