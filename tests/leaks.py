@@ -19,6 +19,9 @@ stopped its servers. It looks at:
 
 ``ServerProcess`` runs ``snapstart serve`` as a subprocess on a free loopback port
 (the fault and fuzz tests kill it, restart it and watch its processes).
+``MotoServer`` runs moto's S3/SQS server on loopback (the one S3 and SQS
+implementation that installs here). ``cli``, ``publish``, ``wait_for``,
+``write_mappings`` and ``mapping_state`` are the integration tests' shared helpers.
 
 Other sessions may share the machine: only what this test can own is compared
 (``FOREIGN_SHM`` names other test sessions' private tmpfs dirs).
@@ -42,8 +45,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["LeakCheck", "Leaks", "ServerProcess", "descendants", "reap_adopted", "record",
-           "sandbox_processes", "sandbox_files", "wait_sandbox_file", "function_logs"]
+__all__ = ["LeakCheck", "Leaks", "ServerProcess", "MotoServer", "descendants", "reap_adopted",
+           "record", "sandbox_processes", "sandbox_files", "wait_sandbox_file",
+           "function_logs", "free_port", "wait_for", "cli", "publish", "write_mappings",
+           "mapping_state"]
 
 CGROUP_BASES = [Path("/sys/fs/cgroup") / c / "snapstart" for c in ("memory", "pids", "cpu")] \
     + [Path("/sys/fs/cgroup/snapstart")]
@@ -290,10 +295,105 @@ def record(fault: str, saw: str, recover_s: float | None, leaks: Leaks | str) ->
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for(cond, timeout: float, what: str, interval: float = 0.1):
+    """``cond()``'s first true value, polled; an AssertionError naming ``what`` after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)
+
+
+def cli(settings, *args: str, check: bool = True,
+        timeout: float = 180) -> subprocess.CompletedProcess:
+    """``snapstart ARGS`` in the test's home; ``check``: it must exit 0."""
+    proc = subprocess.run([sys.executable, "-m", "snapstart.cli", *args],
+                          env=serve_env(settings), capture_output=True, text=True,
+                          timeout=timeout, cwd=str(PROJECT))
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def publish(settings, directory: str, name: str | None = None, timeout: float = 3) -> int:
+    """``snapstart publish tests/functions/DIRECTORY`` (handler app.handler): its version."""
+    out = cli(settings, "publish", str(PROJECT / "tests" / "functions" / directory),
+              "--name", name or directory, "--handler", "app.handler", "--timeout",
+              str(timeout), "--json")
+    return json.loads(out.stdout)["version"]
+
+
+def write_mappings(settings, mappings: list[dict]) -> None:
+    """Replace the event source mappings of triggers.json."""
+    from snapstart.triggers import config
+
+    with config.locked(settings.home):
+        triggers = config.load(settings.home)
+        triggers.mappings = mappings
+        config.save(settings.home, triggers)
+
+
+def mapping_state(settings, mid: str) -> dict:
+    """One mapping's row of mappings-state.json (``snapstart mappings ls``)."""
+    from snapstart.triggers.queues import load_state
+    data = load_state(settings.home) or {}
+    return next((m for m in data.get("mappings", []) if m["id"] == mid), {})
+
+
+class MotoServer:
+    """moto's server (S3, SQS, ...) on 127.0.0.1, started and waited for."""
+
+    def __init__(self, log: Path | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.start()
+
+    def start(self) -> None:
+        out = open(self.log, "a") if self.log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p",
+             str(self.port)], stdout=out, stderr=subprocess.STDOUT)
+        if self.log:
+            out.close()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/moto-api/", timeout=1).read()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise AssertionError("moto_server did not start")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def client(self, service: str):
+        return self.client_of(self.url, service)
+
+    @staticmethod
+    def client_of(url: str, service: str):
+        """A boto3 client of moto's server at ``url`` (test credentials)."""
+        import boto3
+        return boto3.client(service, endpoint_url=url, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
 def serve_env(settings) -> dict:
@@ -309,7 +409,7 @@ class ServerProcess:
 
     def __init__(self, settings, *args: str, log_dir: Path,
                  env: dict[str, str] | None = None) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_dir / f"serve-{self.port}.log", "w+")
         self.proc = subprocess.Popen(

@@ -7,46 +7,25 @@ here; the code sends with boto3 to any endpoint)."""
 from __future__ import annotations
 
 import json
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from leaks import function_logs  # noqa: E402
-from test_serve import publish, serve  # noqa: E402,F401 - the serve fixture
+from leaks import MotoServer, function_logs, publish  # noqa: E402
+from test_serve import serve  # noqa: E402,F401 - the serve fixture
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_criu]
 
 
 @pytest.fixture
 def sqs():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H",
-                             "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1).read()
-            break
-        except OSError:
-            assert time.monotonic() < deadline and proc.poll() is None, "moto did not start"
-            time.sleep(0.1)
-    import boto3
-    client = boto3.client("sqs", endpoint_url=url, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-    yield url, client
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(10)
+    """moto's SQS server on loopback: (endpoint URL, boto3 SQS client)."""
+    server = MotoServer()
+    yield server.url, server.client("sqs")
+    server.stop()
 
 
 def test_success_goes_to_a_function_failure_to_a_queue(home, serve, sqs):

@@ -8,14 +8,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -24,59 +19,19 @@ import pytest
 from snapstart.config import FunctionConfig, Settings
 from snapstart.errors import FunctionNotFoundError, PublishError, StoreError
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from leaks import MotoServer  # noqa: E402
+
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_criu]
 
 FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
-MOTO = Path(sys.executable).parent / "moto_server"
 KEY = "5e" * 32
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Moto:
-    """moto's S3 server on 127.0.0.1, started and stopped by the test."""
-
-    def __init__(self) -> None:
-        self.port = _port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/moto-api/", timeout=1).read()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("moto_server did not start")
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def s3(self):
-        import boto3
-        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
 @pytest.fixture
 def moto(monkeypatch):
-    server = Moto()
-    server.s3().create_bucket(Bucket="snaps")
+    server = MotoServer()
+    server.client("s3").create_bucket(Bucket="snaps")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", server.url)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -118,7 +73,7 @@ def test_published_on_one_node_restored_on_another_without_init(nodes, moto):
     a, b = nodes(2)
     pub = a.publish(FUNCTIONS / "hello", _config("hello"))
     assert pub.version == 1
-    keys = [o["Key"] for o in moto.s3().list_objects_v2(Bucket="snaps")["Contents"]]
+    keys = [o["Key"] for o in moto.client("s3").list_objects_v2(Bucket="snaps")["Contents"]]
     assert "fleet/functions/hello/versions/1/version.json" in keys
     assert any(k.startswith("fleet/chunks/") for k in keys)
     # node b has never seen the function: it finds it in the bucket, restores, no init
@@ -199,7 +154,7 @@ def test_bad_bucket_credentials_and_corrupt_chunk(nodes, moto, monkeypatch):
     a, b = nodes(2)
     a.publish(FUNCTIONS / "hello", _config("hello"))
     # damage one chunk in the bucket: node b refuses it and falls back to a cold start
-    s3 = moto.s3()
+    s3 = moto.client("s3")
     chunk = next(o["Key"] for o in s3.list_objects_v2(Bucket="snaps", Prefix="fleet/chunks/")
                  ["Contents"])
     s3.put_object(Bucket="snaps", Key=chunk, Body=b"not a chunk")
@@ -228,7 +183,7 @@ def test_encrypted_fleet_keeps_no_plaintext_code_or_pages_in_the_bucket(nodes, m
     a.publish(FUNCTIONS / "hello", _config("hello"))
     first = b.invoke("hello")
     assert first.start_type == "restored" and b"hello: init ran" not in first.logs
-    s3 = moto.s3()
+    s3 = moto.client("s3")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="snaps", Prefix="sealed/")["Contents"]]
     assert any(k.startswith("sealed/trees/") for k in keys)
     for key in keys:

@@ -19,7 +19,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from leaks import function_logs  # noqa: E402
-from test_serve import _cli, publish, serve  # noqa: E402,F401 - the serve fixture
+from leaks import cli as _cli, publish  # noqa: E402
+from test_serve import serve  # noqa: E402,F401 - the serve fixture
 
 from snapstart.triggers import config  # noqa: E402
 

@@ -11,6 +11,7 @@ real ``snapstart serve`` subprocesses (root, CRIU).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import re
@@ -27,31 +28,19 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from leaks import ServerProcess, function_logs, sandbox_processes, serve_env  # noqa: E402
+from leaks import (ServerProcess, cli as _cli, free_port as _free_port,  # noqa: E402
+                   function_logs, mapping_state as state, publish as _publish,
+                   sandbox_processes, wait_for as _wait_for,
+                   write_mappings)
 
 import pika  # noqa: E402 - a dependency of snapstart (pyproject.toml)
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")    # Debian's rabbitmq-server (the apt step)
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_criu]
+publish = functools.partial(_publish, timeout=10)   # these functions batch slowly
 
 FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
 PROJECT = Path(__file__).resolve().parent.parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(cond, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval)
 
 
 class Broker:
@@ -161,41 +150,12 @@ def broker():
 
 
 # ---- serve, functions, triggers.json ------------------------------------------------------
-def _cli(home, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "snapstart.cli", *args], env=serve_env(home),
-                          capture_output=True, text=True, timeout=timeout, cwd=str(PROJECT))
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def publish(home, directory: str, name: str | None = None, timeout: float = 10) -> int:
-    out = _cli(home, "publish", str(FUNCTIONS / directory), "--name", name or directory,
-               "--handler", "app.handler", "--timeout", str(timeout), "--json")
-    return json.loads(out.stdout)["version"]
-
-
-def write_mappings(home, mappings: list[dict]) -> None:
-    from snapstart.triggers import config
-
-    with config.locked(home.home):
-        triggers = config.load(home.home)
-        triggers.mappings = mappings
-        config.save(home.home, triggers)
-
-
 def mapping(mid: str, url: str, queue: str, **kw) -> dict:
     options = kw.pop("options", {})
     return {"id": mid, "function": kw.pop("function", "queue-worker"), "qualifier": None,
             "type": "MQ", "source": url, "queues": [queue], "batch_size": kw.pop("batch_size", 10),
             "batching_window_s": kw.pop("window", 0.0), "enabled": True,
             "options": {"backoff_s": 0.2, "max_backoff_s": 1.0, **options}, **kw}
-
-
-def state(home, mid: str) -> dict:
-    from snapstart.triggers.queues import load_state
-    data = load_state(home.home) or {}
-    return next((m for m in data.get("mappings", []) if m["id"] == mid), {})
 
 
 def mappings_ls(home) -> list[dict]:

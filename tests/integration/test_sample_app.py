@@ -10,16 +10,15 @@ import http.client
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from leaks import function_logs  # noqa: E402
+from leaks import cli as _cli, function_logs, wait_for  # noqa: E402
 from test_destinations import sqs  # noqa: E402,F401 - moto's SQS server
 from test_rabbitmq import broker  # noqa: E402,F401 - a private rabbitmq-server
-from test_serve import _cli, serve  # noqa: E402,F401 - the serve fixture
+from test_serve import serve  # noqa: E402,F401 - the serve fixture
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_criu]
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sam-app"
@@ -34,16 +33,6 @@ def _request(port: int, method: str, path: str, body: bytes | None = None) -> tu
         return resp.status, resp.read()
     finally:
         conn.close()
-
-
-def _wait(cond, what: str, timeout_s: float = 60.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_the_sample_app_through_every_trigger(home, serve, broker, sqs, tmp_path):
@@ -85,11 +74,11 @@ def test_the_sample_app_through_every_trigger(home, serve, broker, sqs, tmp_path
         return [line for line in function_logs(home, "Worker").splitlines()
                 if "WORKER " in line]
 
-    lines = _wait(lambda: (ls := worker_lines()) and
-                  sum("WORKER rmq" in line for line in ls) >= 3 and
-                  sum("WORKER sqs" in line for line in ls) >= 3 and
-                  any("WORKER event tick" in line for line in ls) and ls,
-                  "the worker's RabbitMQ, SQS and schedule records", timeout_s=90)
+    lines = wait_for(lambda: (ls := worker_lines()) and
+                     sum("WORKER rmq" in line for line in ls) >= 3 and
+                     sum("WORKER sqs" in line for line in ls) >= 3 and
+                     any("WORKER event tick" in line for line in ls) and ls,
+                     90, "the worker's RabbitMQ, SQS and schedule records")
     assert {line.split("WORKER rmq ", 1)[1] for line in lines if "WORKER rmq" in line} == \
         {"orders::/ order-0", "orders::/ order-1", "orders::/ order-2"}
     conn, channel = broker.channel()
@@ -100,8 +89,8 @@ def test_the_sample_app_through_every_trigger(home, serve, broker, sqs, tmp_path
     def sqs_counts() -> dict:
         return {m["id"]: m for m in _mappings(home)}["Worker-Jobs"]
 
-    state = _wait(lambda: (st := sqs_counts()) and st.get("counts", {}).get("acked", 0) >= 2
-                  and st, "two SQS messages deleted")
+    state = wait_for(lambda: (st := sqs_counts()) and st.get("counts", {}).get("acked", 0) >= 2
+                     and st, 60, "two SQS messages deleted")
     assert state["counts"]["acked"] == 2, state
 
     # every trigger went through the normal dispatch: counted in /metrics

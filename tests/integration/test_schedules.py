@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from leaks import ServerProcess, function_logs, sandbox_processes, serve_env  # noqa: E402
+from leaks import (ServerProcess, function_logs, sandbox_processes,  # noqa: E402
+                   serve_env, wait_for)
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_criu]
 
@@ -81,16 +82,6 @@ def _schedules(home) -> dict[str, dict]:
                                                  "--json"))}
 
 
-def _wait(predicate, what: str, timeout_s: float = 90.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def _handled(home) -> list[dict]:
     """Every event the function printed (tests/functions/hello: ``hello: handling {..}``)."""
     out = []
@@ -118,24 +109,25 @@ def test_rate_schedule_fires_each_tick_at_most_once_across_kill9(home, serve):
     _configure(home, enabled=True)
 
     first = serve()
-    _wait(lambda: _schedules(home)["every-minute"]["fired"] >= 3, "three ticks")
+    wait_for(lambda: _schedules(home)["every-minute"]["fired"] >= 3, 90, "three ticks")
     # kill -9 right after a tick was committed: the restarted serve must not fire it again
     fired = _schedules(home)["every-minute"]["fired"]
-    _wait(lambda: _schedules(home)["every-minute"]["fired"] > fired, "one more tick", 30)
+    wait_for(lambda: _schedules(home)["every-minute"]["fired"] > fired, 30, "one more tick")
     first.kill9()
     at_kill = _schedules(home)["every-minute"]
     killed_at = datetime.strptime(at_kill["last_tick"], "%Y-%m-%dT%H:%M:%SZ")
 
     second = serve()
-    _wait(lambda: _schedules(home)["every-minute"]["fired"] >= at_kill["fired"] + 3,
-          "three ticks after the restart")
+    wait_for(lambda: _schedules(home)["every-minute"]["fired"] >= at_kill["fired"] + 3,
+             90, "three ticks after the restart")
     assert "schedule 'broken' (schedules[2])" in second.output()
 
     # disabled through triggers.json (followed by mtime): once serve has seen it, no more
     _configure(home, enabled=False)
-    _wait(lambda: _db_enabled(home) == {"every-minute": 0, "with-input": 0}, "the reload")
-    _wait(lambda: json.loads(_cli(home, "events", "ls", "--json")) == [],
-          "the queue to drain")
+    wait_for(lambda: _db_enabled(home) == {"every-minute": 0, "with-input": 0}, 90,
+             "the reload")
+    wait_for(lambda: json.loads(_cli(home, "events", "ls", "--json")) == [], 90,
+             "the queue to drain")
     rows = _schedules(home)
     second.stop()
 

@@ -16,20 +16,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from leaks import ServerProcess, function_logs, sandbox_processes, serve_env  # noqa: E402
+from leaks import (ServerProcess, cli as _cli, function_logs, publish,  # noqa: E402
+                   sandbox_processes, serve_env)
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_criu]
 
 FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
 PROJECT = Path(__file__).resolve().parent.parent.parent
-
-
-def _cli(home, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "snapstart.cli", *args], env=serve_env(home),
-                          capture_output=True, text=True, timeout=timeout, cwd=str(PROJECT))
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
 
 
 def _sandbox_pids(home) -> list[int]:
@@ -58,12 +51,6 @@ def serve(home):
     assert not _sandbox_pids(home), "sandbox processes left behind"
     run_dir = home.shm / "run"
     assert not run_dir.exists() or not any(run_dir.iterdir()), "CRIU work dirs left behind"
-
-
-def publish(home, directory: str, name: str | None = None, timeout: float = 3) -> int:
-    out = _cli(home, "publish", str(FUNCTIONS / directory), "--name", name or directory,
-               "--handler", "app.handler", "--timeout", str(timeout), "--json")
-    return json.loads(out.stdout)["version"]
 
 
 def _payload(response) -> dict:

@@ -5,68 +5,39 @@ URL). Functions are published and served by real ``snapstart serve`` subprocesse
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from leaks import ServerProcess, function_logs, sandbox_processes, serve_env  # noqa: E402
+from leaks import (MotoServer, ServerProcess, cli as _cli, free_port as _free_port,  # noqa: E402
+                   function_logs, mapping_state as state, publish as _publish,
+                   sandbox_processes, wait_for as _wait_for,
+                   write_mappings)
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_criu]
+publish = functools.partial(_publish, timeout=10)   # these functions batch slowly
 
 FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
 PROJECT = Path(__file__).resolve().parent.parent.parent
-MOTO = Path(sys.executable).parent / "moto_server"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(cond, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory):
     """moto's server on 127.0.0.1: its endpoint URL. Stopped afterwards."""
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
-    proc = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            return s.connect_ex(("127.0.0.1", port)) == 0
-    _wait_for(up, 30, "moto_server")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
-    log.close()
+    server = MotoServer(log=tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture
 def sqs(moto):
-    import boto3
-    client = boto3.client("sqs", endpoint_url=moto, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client = MotoServer.client_of(moto, "sqs")
     made: list[str] = []
 
     def queue(name: str | None = None, **attributes) -> str:
@@ -81,29 +52,6 @@ def sqs(moto):
         client.delete_queue(QueueUrl=url)
 
 
-def _cli(home, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "snapstart.cli", *args], env=serve_env(home),
-                          capture_output=True, text=True, timeout=timeout, cwd=str(PROJECT))
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def publish(home, directory: str, name: str | None = None, timeout: float = 10) -> int:
-    out = _cli(home, "publish", str(FUNCTIONS / directory), "--name", name or directory,
-               "--handler", "app.handler", "--timeout", str(timeout), "--json")
-    return json.loads(out.stdout)["version"]
-
-
-def write_mappings(home, mappings: list[dict]) -> None:
-    from snapstart.triggers import config
-
-    with config.locked(home.home):
-        triggers = config.load(home.home)
-        triggers.mappings = mappings
-        config.save(home.home, triggers)
-
-
 def mapping(mid: str, queue_url: str, **kw) -> dict:
     options = kw.pop("options", {})
     return {"id": mid, "function": "queue-worker", "qualifier": None, "type": "SQS",
@@ -111,12 +59,6 @@ def mapping(mid: str, queue_url: str, **kw) -> dict:
             "batching_window_s": kw.pop("window", 0.0), "enabled": True,
             "options": {"wait_time_s": 1, "backoff_s": 0.2, "max_backoff_s": 1.0, **options},
             **kw}
-
-
-def state(home, mid: str) -> dict:
-    from snapstart.triggers.queues import load_state
-    data = load_state(home.home) or {}
-    return next((m for m in data.get("mappings", []) if m["id"] == mid), {})
 
 
 def counts(home, mid: str) -> dict:

@@ -16,7 +16,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from leaks import serve_env  # noqa: E402
-from test_serve import _cli, serve  # noqa: E402,F401 - the serve fixture
+from leaks import cli as _cli  # noqa: E402
+from test_serve import serve  # noqa: E402,F401 - the serve fixture
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_criu]
 

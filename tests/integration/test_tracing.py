@@ -21,7 +21,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from snapstart import tracing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_serve import publish as cli_publish, serve  # noqa: E402,F401 - the serve fixture
+from leaks import publish as cli_publish  # noqa: E402
+from test_serve import serve  # noqa: E402,F401 - the serve fixture
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_criu]
 
