@@ -86,6 +86,9 @@ log = logging.getLogger("snapstart.store.s3")
 FORMAT = 2
 MAX_CLAIM_TRIES = 64
 MAX_CODE_ARCHIVE = 512 << 20        # Lambda's 250 MB unzipped, compressed, with margin
+_REFUSED = object()                  # S3Bucket._call: the error was one the caller expects
+_MISSING = ("NoSuchKey", "404", "NotFound")
+_CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 _AUTH_ERRORS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
                 "ExpiredToken", "InvalidToken", "403"}
 
@@ -152,12 +155,19 @@ class S3Bucket:
             return StoreError(f"{self.url}: cannot reach the S3 endpoint ({exc}) while {what}")
         return StoreError(f"{self.url}: {what} failed: {type(exc).__name__}: {exc}")
 
-    def _call(self, what: str, fn: Callable[..., Any], **kw: Any) -> Any:
+    def _call(self, what: str, fn: Callable[..., Any], *, refused: tuple[str, ...] = (),
+              **kw: Any) -> Any:
+        """``fn(Bucket=..., **kw)``; ``_REFUSED`` for an error whose code is in
+        ``refused`` (a missing key, a failed condition); any other error a StoreError."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return fn(Bucket=self.bucket, **kw)
-        except (ClientError, BotoCoreError) as exc:
+        except ClientError as exc:
+            if self._code(exc) in refused:
+                return _REFUSED
+            raise self._fail(what, exc) from None
+        except BotoCoreError as exc:
             raise self._fail(what, exc) from None
 
     @staticmethod
@@ -167,18 +177,17 @@ class S3Bucket:
 
     def get(self, rel: str, *, limit: int | None = None) -> bytes | None:
         """The object's bytes, or None if there is no such key."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError
 
+        resp = self._call(f"reading {rel}", self.client.get_object, refused=_MISSING,
+                          Key=self.key(rel))
+        if resp is _REFUSED:
+            return None
+        if limit is not None and int(resp.get("ContentLength") or 0) > limit:
+            resp["Body"].close()
+            raise StoreError(f"{self.url}: {rel} is larger than {limit} bytes")
         try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=self.key(rel))
-            if limit is not None and int(resp.get("ContentLength") or 0) > limit:
-                resp["Body"].close()
-                raise StoreError(f"{self.url}: {rel} is larger than {limit} bytes")
             data = resp["Body"].read()
-        except ClientError as exc:
-            if self._code(exc) in ("NoSuchKey", "404"):
-                return None
-            raise self._fail(f"reading {rel}", exc) from None
         except BotoCoreError as exc:
             raise self._fail(f"reading {rel}", exc) from None
         with self._lock:
@@ -188,34 +197,18 @@ class S3Bucket:
     def put(self, rel: str, data: bytes, *, create_only: bool = False) -> bool:
         """Write the object; ``create_only``: only if the key does not exist yet
         (If-None-Match: *), False if it does."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
         kw: dict[str, Any] = {"IfNoneMatch": "*"} if create_only else {}
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=self.key(rel), Body=data, **kw)
-        except ClientError as exc:
-            if create_only and self._code(exc) in ("PreconditionFailed", "412",
-                                                   "ConditionalRequestConflict", "409"):
-                return False
-            raise self._fail(f"writing {rel}", exc) from None
-        except BotoCoreError as exc:
-            raise self._fail(f"writing {rel}", exc) from None
+        if self._call(f"writing {rel}", self.client.put_object,
+                      refused=_CONDITION_FAILED if create_only else (),
+                      Key=self.key(rel), Body=data, **kw) is _REFUSED:
+            return False
         with self._lock:
             self.bytes_up += len(data)
         return True
 
     def exists(self, rel: str) -> bool:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self.key(rel))
-            return True
-        except ClientError as exc:
-            if self._code(exc) in ("NoSuchKey", "404", "NotFound"):
-                return False
-            raise self._fail(f"checking {rel}", exc) from None
-        except BotoCoreError as exc:
-            raise self._fail(f"checking {rel}", exc) from None
+        return self._call(f"checking {rel}", self.client.head_object, refused=_MISSING,
+                          Key=self.key(rel)) is not _REFUSED
 
     def delete(self, rel: str) -> None:
         self._call(f"deleting {rel}", self.client.delete_object, Key=self.key(rel))
