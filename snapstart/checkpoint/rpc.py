@@ -32,11 +32,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..protowire import I32, I64, LEN, VARINT, WireError, fields
+
 __all__ = ["RESTORE", "RestoreOpts", "Response", "encode_restore", "decode_response",
            "RpcDecodeError"]
 
 RESTORE = 2
-_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 
 
 class RpcDecodeError(ValueError):
@@ -86,11 +87,11 @@ def _key(num: int, wire: int) -> bytes:
 
 
 def _int(num: int, value: int) -> bytes:
-    return _key(num, _VARINT) + _varint(value)
+    return _key(num, VARINT) + _varint(value)
 
 
 def _bytes(num: int, value: bytes) -> bytes:
-    return _key(num, _LEN) + _varint(len(value)) + value
+    return _key(num, LEN) + _varint(len(value)) + value
 
 
 def encode_restore(opts: RestoreOpts) -> bytes:
@@ -111,43 +112,6 @@ def encode_restore(opts: RestoreOpts) -> bytes:
     return _int(1, RESTORE) + _bytes(2, bytes(o))
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise RpcDecodeError("truncated or overlong varint")
-        byte = buf[pos]
-        pos += 1
-        n |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return n, pos
-        shift += 7
-
-
-def _fields(buf: bytes):
-    """(field number, wire type, value) of one message: ints for varints, bytes for
-    length-delimited fields; fixed-size fields are skipped."""
-    pos = 0
-    while pos < len(buf):
-        key, pos = _read_varint(buf, pos)
-        num, wire = key >> 3, key & 7
-        if wire == _VARINT:
-            value, pos = _read_varint(buf, pos)
-            yield num, wire, value
-        elif wire == _LEN:
-            size, pos = _read_varint(buf, pos)
-            if pos + size > len(buf):
-                raise RpcDecodeError(f"field {num} runs past the message")
-            yield num, wire, buf[pos:pos + size]
-            pos += size
-        elif wire in (_I64, _I32):
-            pos += 8 if wire == _I64 else 4
-            if pos > len(buf):
-                raise RpcDecodeError(f"field {num} runs past the message")
-        else:
-            raise RpcDecodeError(f"field {num}: unsupported wire type {wire}")
-
-
 def _int32(value: int) -> int:
     value &= (1 << 64) - 1
     return value - (1 << 64) if value >= 1 << 63 else value
@@ -160,20 +124,30 @@ def decode_response(buf: bytes) -> Response:
     pid = errno = None
     errmsg = None
     unknown: list[int] = []
-    for num, wire, value in _fields(buf):
-        if wire == _VARINT and isinstance(value, int) and num in (1, 2, 7):
+    try:
+        parsed = list(fields(buf))
+    except WireError as exc:
+        raise RpcDecodeError(str(exc)) from None
+    for num, wire, value in parsed:
+        if wire in (I64, I32):
+            continue                        # no fixed-size field is read here
+        if wire == VARINT and isinstance(value, int) and num in (1, 2, 7):
             if num == 1:
                 rtype = value
             elif num == 2:
                 success = bool(value)
             else:
                 errno = _int32(value)
-        elif wire == _LEN and isinstance(value, bytes) and num in (4, 9):
+        elif wire == LEN and isinstance(value, bytes) and num in (4, 9):
             if num == 9:
                 errmsg = value.decode("utf-8", "replace")
                 continue
-            for sub, sub_wire, sub_value in _fields(value):
-                if sub == 1 and sub_wire == _VARINT and isinstance(sub_value, int):
+            try:
+                restore = list(fields(value))
+            except WireError as exc:
+                raise RpcDecodeError(str(exc)) from None
+            for sub, sub_wire, sub_value in restore:
+                if sub == 1 and sub_wire == VARINT and isinstance(sub_value, int):
                     pid = _int32(sub_value)
         else:
             unknown.append(num)

@@ -128,6 +128,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
+from ..protowire import fields
+
 __all__ = ["PAGE", "MIN_CHUNK", "MAX_CHUNK", "GAP_PAGES", "CHUNKER_ID", "CHUNKER_ID_V1",
            "find_cut", "iter_chunks", "split", "volatile_ranges"]
 
@@ -400,26 +402,9 @@ def _entries(path: Path | None, magic: int) -> list[bytes]:
 
 
 def _fields(msg: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """(field number, value) of a protobuf message: varints and fixed-size fields as
-    int, length-delimited ones as bytes."""
-    i, n = 0, len(msg)
-    while i < n:
-        key, i = _varint(msg, i)
-        wire = key & 7
-        value: int | bytes
-        if wire == 0:
-            value, i = _varint(msg, i)
-        elif wire in (1, 5):
-            size = 8 if wire == 1 else 4
-            value, i = int.from_bytes(msg[i:i + size], "little"), i + size
-        elif wire == 2:
-            length, i = _varint(msg, i)
-            value, i = msg[i:i + length], i + length
-        else:
-            raise ValueError(f"protobuf wire type {wire}")
-        if i > n:
-            raise ValueError("truncated protobuf field")
-        yield key >> 3, value
+    """(field number, value) of a protobuf message (protowire.py)."""
+    for num, _, value in fields(msg):
+        yield num, value
 
 
 def _field(msg: bytes, number: int) -> int | bytes:
@@ -439,16 +424,3 @@ def _msg(v: int | bytes) -> bytes:
     if not isinstance(v, bytes):
         raise ValueError("protobuf field is not a message")
     return v
-
-
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    out = shift = 0
-    while True:
-        if i >= len(buf) or shift > 63:
-            raise ValueError("bad protobuf varint")
-        b = buf[i]
-        i += 1
-        out |= (b & 0x7F) << shift
-        if b < 0x80:
-            return out, i
-        shift += 7
