@@ -362,11 +362,13 @@ def create_app(service: InvokeService) -> web.Application:
         return parse_function_ref(request.match_info["name"],
                                   request.query.get("Qualifier") if qualifier else None)
 
-    @routes.post("/2015-03-31/functions/{name}/invocations")
-    async def invoke(request: web.Request) -> web.StreamResponse:
+    async def invocation(request: web.Request, operation: str, types: tuple[str, ...]
+                         ) -> tuple[str, str | None, str, str, bytes, str | None]:
+        """What Invoke and InvokeWithResponseStream read alike, checked: (name,
+        qualifier, invocation type, log type, payload, client context)."""
         name, qualifier = ref(request)
         itype = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
-        if itype not in ("RequestResponse", "Event", "DryRun"):
+        if itype not in types:
             raise ApiError("InvalidParameterValueException",
                            f"Unsupported invocation type {itype[:64]!r}")
         log_type = request.headers.get("X-Amz-Log-Type", "None")
@@ -375,10 +377,16 @@ def create_app(service: InvokeService) -> web.Application:
         if log_type == "Tail" and itype != "RequestResponse":
             log_type = "None"
         limit = MAX_EVENT_PAYLOAD if itype == "Event" else MAX_SYNC_PAYLOAD
-        body = await _read_body(request, limit, "Invoke")
+        body = await _read_body(request, limit, operation)
         if not body.strip():
             body = b"{}"            # Lambda's event for an invoke without a payload
         client_context = _client_context(request.headers.get("X-Amz-Client-Context"))
+        return name, qualifier, itype, log_type, body, client_context
+
+    @routes.post("/2015-03-31/functions/{name}/invocations")
+    async def invoke(request: web.Request) -> web.StreamResponse:
+        name, qualifier, itype, log_type, body, client_context = await invocation(
+            request, "Invoke", ("RequestResponse", "Event", "DryRun"))
         if itype == "DryRun":
             info = await run(service.manager.registry.resolve, name, qualifier)
             return web.Response(status=204, headers={"X-Amz-Executed-Version": info.version})
@@ -425,18 +433,8 @@ def create_app(service: InvokeService) -> web.Application:
 
     @routes.post("/2021-11-15/functions/{name}/response-streaming-invocations")
     async def invoke_stream(request: web.Request) -> web.StreamResponse:
-        name, qualifier = ref(request)
-        itype = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
-        if itype not in ("RequestResponse", "DryRun"):
-            raise ApiError("InvalidParameterValueException",
-                           f"Unsupported invocation type {itype[:64]!r}")
-        log_type = request.headers.get("X-Amz-Log-Type", "None")
-        if log_type not in ("None", "Tail"):
-            raise ApiError("InvalidParameterValueException", f"Unsupported log type {log_type[:64]!r}")
-        body = await _read_body(request, MAX_SYNC_PAYLOAD, "InvokeWithResponseStream")
-        if not body.strip():
-            body = b"{}"
-        client_context = _client_context(request.headers.get("X-Amz-Client-Context"))
+        name, qualifier, itype, log_type, body, client_context = await invocation(
+            request, "InvokeWithResponseStream", ("RequestResponse", "DryRun"))
         info = await run(service.manager.registry.resolve, name, qualifier)
         if itype == "DryRun":
             return web.Response(status=204, headers={"X-Amz-Executed-Version": info.version})
