@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import ConfigError
+from .jsonfile import write_private
 
 __all__ = ["DEFAULT_RANGE", "LEDGER_FORMAT", "Identities", "parse_range", "subordinate_ranges"]
 
@@ -174,11 +175,5 @@ class Identities:
 
     def _write(self, functions: dict[str, int]) -> None:
         """The ledger, atomically and root-only (under the lock)."""
-        tmp = self.path.with_name(f".identities.json.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"format": LEDGER_FORMAT, "range": list(self.range),
-                       "functions": functions}, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_private(self.path, {"format": LEDGER_FORMAT, "range": list(self.range),
+                                  "functions": functions}, durable=True)

@@ -64,6 +64,7 @@ from .config import FunctionConfig, Settings, validate_alias, validate_name
 from .errors import (ConfigError, FunctionNotFoundError, InvalidNameError, SnapStartError,
                      StoreError)
 from .identities import Identities
+from .jsonfile import write_private
 
 __all__ = ["Registry", "VersionInfo", "LATEST"]
 
@@ -87,15 +88,6 @@ class VersionInfo:
     @property
     def identity(self) -> tuple[int, int]:
         return self.uid, self.uid
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Atomically, root-only (0600): these files hold environment variables."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
 
 
 class Registry:
@@ -171,7 +163,7 @@ class Registry:
                 aliases = {a: v for a, v in aliases.items() if v in have}
                 if aliases != self.aliases(name):
                     with self.lock(name):
-                        _write_json(self._fdir(name) / "aliases.json", aliases)
+                        write_private(self._fdir(name) / "aliases.json", aliases)
         except SnapStartError as exc:
             log.warning("fleet sync of %s skipped: %s", name, exc.message)
 
@@ -196,7 +188,7 @@ class Registry:
                 for tree in (vdir / "code", vdir / "packages"):
                     if tree.is_dir():
                         self.share_with_sandbox(tree, gid)
-                _write_json(vdir / "version.json", record)
+                write_private(vdir / "version.json", record)
                 (vdir / ".incomplete").unlink()
             except BaseException:
                 shutil.rmtree(vdir, ignore_errors=True)
@@ -207,7 +199,7 @@ class Registry:
                 shutil.rmtree(latest / "code", ignore_errors=True)
                 _copy_code(vdir / "code", latest / "code")
                 self.share_with_sandbox(latest / "code", gid)
-                _write_json(latest / "config.json", record["config"])
+                write_private(latest / "config.json", record["config"])
             os.utime(vroot)
         log.info("fleet: pulled %s:%d", name, n)
 
@@ -333,7 +325,7 @@ class Registry:
             os.replace(latest / "code", old)
         os.replace(staging, latest / "code")
         shutil.rmtree(old, ignore_errors=True)
-        _write_json(latest / "config.json", self._config_out(config))
+        write_private(latest / "config.json", self._config_out(config))
 
     def latest(self, name: str) -> VersionInfo:
         latest = self._fdir(name) / "latest"
@@ -381,7 +373,7 @@ class Registry:
     def commit_version(self, name: str, n: int, config: FunctionConfig,
                        snapshot: dict | None) -> None:
         vdir = self._fdir(name) / "versions" / str(n)
-        _write_json(vdir / "version.json", {"config": self._config_out(config),
+        write_private(vdir / "version.json", {"config": self._config_out(config),
                                             "snapshot": snapshot, "created": time.time()})
         if self.remote is not None:      # the record goes last: then it exists for all
             self.remote.push_version(name, n, vdir)
@@ -444,7 +436,7 @@ class Registry:
             aliases[alias] = version
             if self.remote is not None:
                 self.remote.push_aliases(name, aliases)
-            _write_json(self._fdir(name) / "aliases.json", aliases)
+            write_private(self._fdir(name) / "aliases.json", aliases)
 
     # ---- resolution --------------------------------------------------------------
     def _stamp(self, name: str) -> tuple:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..jsonfile import write_private
 from ..triggers import config as triggers_config
 from .package import is_zip, unpack_zip
 from .template import FunctionPlan, Plan
@@ -104,15 +105,6 @@ def _load_state(home: Path) -> dict:
     if data.get("format") != STATE_FORMAT:
         raise ConfigError(f"{path}: not a deploy state of format {STATE_FORMAT}")
     return data
-
-
-def _save_state(home: Path, state: dict) -> None:
-    path = home / "deploy-state.json"
-    tmp = path.with_name(f".deploy-state.json.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(state, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def deploy(plan: Plan, manager: Any, *, template: Path, dry_run: bool = False,
@@ -204,7 +196,7 @@ def deploy(plan: Plan, manager: Any, *, template: Path, dry_run: bool = False,
                 result.changes.append(f"{kind.replace('_', ' ')}: {len(before)} -> {len(after)}")
         if not dry_run:
             triggers_config.save(home, new)
-            _save_state(home, state)
+            write_private(home / "deploy-state.json", state)
     return result
 
 

@@ -18,11 +18,11 @@ This module must not know about sandboxes or the HTTP layer.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 
 from ..errors import ConfigError, ThrottledError
+from ..jsonfile import write_private
 
 __all__ = ["ConcurrencyLimits"]
 
@@ -72,9 +72,7 @@ class ConcurrencyLimits:
     def _save(self) -> None:
         if self.path is None:
             return
-        tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self._reserved, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_private(self.path, self._reserved)
 
     # ---- admission ---------------------------------------------------------------
     @property

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import ConfigError
+from ..jsonfile import write_private
 
 __all__ = ["FORMAT", "Triggers", "load", "save", "locked", "path_of"]
 
@@ -107,11 +108,7 @@ def save(home: Path, triggers: Triggers) -> None:
     """Replace the configuration atomically (0600). Call under ``locked``."""
     path = path_of(home)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".triggers.json.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(triggers.to_json(), f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    write_private(path, triggers.to_json())
 
 
 @contextlib.contextmanager

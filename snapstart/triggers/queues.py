@@ -90,6 +90,7 @@ from typing import Any, Callable, ClassVar, Iterator
 from .. import tracing
 from ..errors import (ConfigError, EventSourceError, FunctionNotFoundError,
                       InvalidTransition, SnapStartError, ThrottledError)
+from ..jsonfile import write_private
 from . import config as trigger_config
 
 __all__ = ["Mappings", "MappingSpec", "MappingState", "MappingStatus", "StatusBoard",
@@ -351,11 +352,7 @@ class StatusBoard:
                 "mappings": [s.to_json() for s in self._items.values()]}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{STATE_FILE}.tmp{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
+            write_private(self.path, data)
         except OSError as exc:
             log.warning("cannot write %s: %s", self.path, exc)
 
