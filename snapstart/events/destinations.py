@@ -74,28 +74,23 @@ class Destinations:
         self.home = Path(home)
         self.enqueue = enqueue
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._follower: Any = None
         self._by_name: dict[str, dict[str, Any]] = {}
         self._sqs: Any = None
 
     def settings(self, function: str) -> dict[str, Any] | None:
         from ..triggers import config
 
-        path = config.path_of(self.home)
-        try:
-            st = path.stat()
-            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_ino)
-        except FileNotFoundError:
-            stamp = None
         with self._lock:
-            if stamp != self._stamp:
-                try:
-                    entries = config.load(self.home).destinations if stamp else []
-                except SnapStartError as exc:
-                    log.error("destinations not reloaded: %s", exc.message)
-                    entries = list(self._by_name.values())
-                self._by_name = {e["function"]: e for e in entries}
-                self._stamp = stamp
+            if self._follower is None:
+                self._follower = config.Follower(self.home)
+            try:
+                triggers = self._follower.poll()
+            except (SnapStartError, OSError) as exc:
+                log.error("destinations not reloaded: %s", exc)
+            else:
+                if triggers is not None:
+                    self._by_name = {e["function"]: e for e in triggers.destinations}
             return self._by_name.get(function)
 
     def send(self, target: dict[str, Any], body: dict[str, Any]) -> None:

@@ -48,7 +48,7 @@ from typing import Any, Iterator
 from ..errors import ConfigError
 from ..jsonfile import write_private
 
-__all__ = ["FORMAT", "Triggers", "load", "save", "locked", "path_of"]
+__all__ = ["FORMAT", "Triggers", "Follower", "load", "save", "locked", "path_of"]
 
 FORMAT = 1
 KINDS = ("function_urls", "http_routes", "schedules", "mappings", "destinations",
@@ -121,3 +121,28 @@ def locked(home: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+class Follower:
+    """``triggers.json`` as it changes, for a reader that keeps what it loaded last
+    (serve's HTTP routes, scheduler, mappings and destinations)."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = Path(home)
+        self.path = path_of(home)
+        self._key: tuple[int, int, int] | None | bool = False     # False: never read
+
+    def poll(self, *, force: bool = False) -> Triggers | None:
+        """The configuration if the file changed (mtime, size, inode) since the last
+        poll -- a removed file reads as empty -- else None. ``ConfigError``/``OSError``
+        for a file that cannot be read or parsed: the caller keeps what it had (the
+        file is not read again until it changes)."""
+        try:
+            st = os.stat(self.path)
+            key: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            key = None
+        if key == self._key and not force:
+            return None
+        self._key = key
+        return load(self.home)

@@ -159,7 +159,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 import uuid
@@ -447,28 +446,19 @@ class Table:
 
     def __init__(self, home: Path) -> None:
         self.path = config.path_of(home)
-        self.home = Path(home)
-        self._key: tuple | None = ()        # () = never loaded
+        self._follower = config.Follower(home)
         self._snapshot = Snapshot()
 
     def current(self) -> Snapshot:
         try:
-            st = os.stat(self.path)
-            key: tuple | None = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except FileNotFoundError:
-            key = None
-        except OSError as exc:
-            log.error("cannot read %s: %s (serving the previous HTTP triggers)", self.path, exc)
+            triggers = self._follower.poll()
+        except (SnapStartError, OSError) as exc:
+            log.error("%s: %s (serving the previous HTTP triggers)", self.path, exc)
             return self._snapshot
-        if key != self._key:
-            self._key = key
-            try:
-                self._snapshot = Snapshot.build(config.load(self.home), str(self.path))
-            except (SnapStartError, OSError) as exc:
-                log.error("%s: %s (serving the previous HTTP triggers)", self.path, exc)
-            else:
-                log.info("HTTP triggers: %d function URL(s), %d route(s)",
-                         len(self._snapshot.urls), len(self._snapshot.routes))
+        if triggers is not None:
+            self._snapshot = Snapshot.build(triggers, str(self.path))
+            log.info("HTTP triggers: %d function URL(s), %d route(s)",
+                     len(self._snapshot.urls), len(self._snapshot.routes))
         return self._snapshot
 
 

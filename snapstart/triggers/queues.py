@@ -643,7 +643,7 @@ class Mappings:
         self.pollers: dict[str, Poller] = {}
         self.specs: dict[str, MappingSpec] = {}
         self._stop = threading.Event()
-        self._seen: tuple[int, int, int] | None = None
+        self._follower = trigger_config.Follower(self.home)
         self._thread = threading.Thread(target=self._watch, name="snapstart-mappings",
                                         daemon=True)
 
@@ -681,21 +681,13 @@ class Mappings:
             self._stop.wait(self.watch_s)
 
     def refresh(self, *, force: bool = False) -> None:
-        path = trigger_config.path_of(self.home)
         try:
-            st = path.stat()
-            seen: tuple[int, int, int] = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except FileNotFoundError:
-            seen = (0, 0, 0)
-        if seen == self._seen and not force:
-            return
-        self._seen = seen
-        try:
-            entries = trigger_config.load(self.home).mappings
+            triggers = self._follower.poll(force=force)
         except SnapStartError as exc:
             log.error("event source mappings: %s; keeping the running mappings", exc.message)
             return
-        self.apply(entries)
+        if triggers is not None:
+            self.apply(triggers.mappings)
 
     def apply(self, entries: list[dict[str, Any]]) -> None:
         """Make the running mappings those of ``entries``."""

@@ -664,7 +664,7 @@ class Scheduler:
         self.schedules: dict[str, Schedule] = {}
         self.errors: dict[str, str] = {}
         self._rows: dict[str, _Row] = {}
-        self._signature: tuple[int, int, int] | None | bool = False    # False: never read
+        self._follower = config.Follower(self.home)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ready = False
@@ -718,19 +718,12 @@ class Scheduler:
         return self.service.events.connection()
 
     def _reload(self, db: sqlite3.Connection) -> None:
-        path = config.path_of(self.home)
         try:
-            st = path.stat()
-            signature: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except FileNotFoundError:
-            signature = None
-        if signature == self._signature:
-            return
-        self._signature = signature
-        try:
-            triggers = config.load(self.home)
+            triggers = self._follower.poll()
         except (ConfigError, OSError) as exc:
             log.error("schedules: %s: keeping the schedules loaded before", _message(exc))
+            return
+        if triggers is None:
             return
         good, bad = _entries(triggers.schedules)
         self.errors = dict(bad)
