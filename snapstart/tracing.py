@@ -101,15 +101,22 @@ def shutdown() -> None:
         provider.shutdown()
 
 
-@contextlib.contextmanager
+_OFF = contextlib.nullcontext()       # span() when tracing is off: no generator per call
+
+
 def span(name: str, /, *, kind: str | None = None, context: Any = None,
-         **attrs: Any) -> Iterator[Any]:
-    """A span around the block (the current one inside it), or a no-op: yields the
-    span (``set_attribute`` works) or None."""
+         **attrs: Any) -> contextlib.AbstractContextManager[Any]:
+    """A span around the block (the current one inside it), or a no-op: the ``with``
+    gives the span (``set_attribute`` works) or None."""
     tracer = _get()
     if tracer is None:
-        yield None
-        return
+        return _OFF
+    return _span(tracer, name, kind, context, attrs)
+
+
+@contextlib.contextmanager
+def _span(tracer: Any, name: str, kind: str | None, context: Any,
+          attrs: dict[str, Any]) -> Iterator[Any]:
     from opentelemetry.trace import SpanKind, Status, StatusCode
     with tracer.start_as_current_span(
             name, context=context, kind=getattr(SpanKind, kind) if kind else SpanKind.INTERNAL,
