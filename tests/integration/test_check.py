@@ -11,16 +11,14 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from leaks import serve_env  # noqa: E402
+from leaks import cli, serve_env  # noqa: E402
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_criu]
 PROJECT = Path(__file__).resolve().parents[2]
 
 
 def _check(settings, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snapstart.cli", "check", *args],
-                          env=serve_env(settings), capture_output=True, text=True,
-                          timeout=300, cwd=str(PROJECT))
+    return cli(settings, "check", *args, check=False, timeout=300)
 
 
 def test_check_reports_each_hazard_by_name_path_and_leaves_nothing(manager, publish,

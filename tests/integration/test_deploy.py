@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from leaks import serve_env  # noqa: E402
+from leaks import cli  # noqa: E402
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_criu]
 PROJECT = Path(__file__).resolve().parents[2]
@@ -50,9 +50,7 @@ Resources:
 
 
 def _cli(settings, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snapstart.cli", *args],
-                          env=serve_env(settings), capture_output=True, text=True,
-                          timeout=300, cwd=str(PROJECT))
+    return cli(settings, *args, check=False, timeout=300)
 
 
 @pytest.fixture
