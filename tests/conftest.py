@@ -5,6 +5,7 @@ removed afterwards. ``managers``: the one factory of managers (and so of sandbox
 in integration tests: ``managers(settings=None, **kw)`` makes one; every manager it
 made is closed at teardown, even after a failure, and the test fails if any process,
 or any file under its tmpfs directory, is left behind. ``manager`` is its first one.
+``serve``: ``snapstart serve`` subprocesses in the test's home, stopped afterwards.
 CRIU's dump and restore logs of every test are kept (SNAPSTART_KEEP_CRIU_LOGS) and,
 when the test failed, left on disk and named in its report; otherwise removed.
 
@@ -159,3 +160,23 @@ def publish(manager):
     def _publish(directory: str, name: str | None = None, **kw):
         return manager.publish(FUNCTIONS / directory, fn_config(name or directory, **kw))
     return _publish
+
+
+@pytest.fixture
+def serve(home):
+    """serve(*args) -> a running ``snapstart serve`` (leaks.ServerProcess) in the test's
+    home; all stopped after, and their sandboxes gone. (test_serve.py and
+    test_schedules.py have stricter / differently configured ones of their own.)"""
+    from leaks import ServerProcess, sandbox_processes, wait_for
+
+    servers: list = []
+
+    def start(*args: str):
+        server = ServerProcess(home, *args, log_dir=home.home.parent)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+    wait_for(lambda: not sandbox_processes(home), 15, "sandboxes to go")

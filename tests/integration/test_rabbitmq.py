@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from leaks import (ServerProcess, cli as _cli, free_port as _free_port,  # noqa: E402
+from leaks import (cli as _cli, free_port as _free_port,  # noqa: E402
                    function_logs, mapping_state as state, publish as _publish,
-                   sandbox_processes, wait_for as _wait_for,
+                   wait_for as _wait_for,
                    write_mappings)
 
 import pika  # noqa: E402 - a dependency of snapstart (pyproject.toml)
@@ -176,21 +176,6 @@ def send(channel, queue: str, bodies: list[dict], **props) -> None:
         channel.basic_publish("", queue, json.dumps(body).encode(),
                               pika.BasicProperties(message_id=body["id"], delivery_mode=2,
                                                    **props))
-
-
-@pytest.fixture
-def serve(home):
-    servers: list[ServerProcess] = []
-
-    def start(*args: str) -> ServerProcess:
-        server = ServerProcess(home, *args, log_dir=home.home.parent)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-    _wait_for(lambda: not sandbox_processes(home), 15, "sandboxes to go")
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from leaks import (MotoServer, ServerProcess, cli as _cli, free_port as _free_port,  # noqa: E402
+from leaks import (MotoServer, cli as _cli, free_port as _free_port,  # noqa: E402
                    function_logs, mapping_state as state, publish as _publish,
-                   sandbox_processes, wait_for as _wait_for,
+                   wait_for as _wait_for,
                    write_mappings)
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_criu]
@@ -79,21 +79,6 @@ def visible(client, url: str) -> int:
         "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
     return int(attrs["ApproximateNumberOfMessages"]) + \
         int(attrs["ApproximateNumberOfMessagesNotVisible"])
-
-
-@pytest.fixture
-def serve(home):
-    servers: list[ServerProcess] = []
-
-    def start(*args: str) -> ServerProcess:
-        server = ServerProcess(home, *args, log_dir=home.home.parent)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-    _wait_for(lambda: not sandbox_processes(home), 15, "sandboxes to go")
 
 
 # ---- tests --------------------------------------------------------------------------------
