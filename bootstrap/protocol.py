@@ -25,7 +25,9 @@ manifest at publish (``agent_protocol``), and refuses to restore a snapshot whos
 version it does not speak (``SUPPORTED``), falling back to a cold start. Version 1
 (no ``hello``; snapshots made before it was introduced) is not spoken any more.
 Version 3 added streamed responses (``stream``, ``stream_chunk``); a version 2 agent
-never sends them, so the host speaks both.
+never sends them, so the host speaks both. Version 4 added ``populate`` (and the
+same field on ``resume``); the host sends it only to agents of version 4 or later
+(snapstart/checkpoint/hotset.py), so it speaks 2, 3 and 4.
 
 Layouts (``hello.layout``)
 --------------------------
@@ -48,8 +50,16 @@ Host -> agent
             applies env/cwd/pythonpath and imports the runtime client.
     invoke  {id, payload: bin, deadline_ms: int, arn, trace_id?, client_context?, cognito?}
             queued; delivered on the runtime's next GET /invocation/next.
-    resume  {}  after a restore: answer the runtime's parked GET /restore/next (200);
+    resume  {populate?: {write: bin, read: bin}}
+            after a restore: answer the runtime's parked GET /restore/next (200);
             for a runtime checkpointed in GET /invocation/next, answered by ``ready``.
+            (v4) ``populate``: first fault in these ranges, as ``populate`` does.
+    populate {write: bin, read: bin}
+            (v4) fault in ranges of the runtime's memory now (a clone parked ahead of
+            demand): each a bin of little-endian u64 (start, length) pairs;
+            ``write`` ranges get private copies (MADV_POPULATE_WRITE), ``read`` ones
+            page-table entries (MADV_POPULATE_READ). inproc layout only; no reply; a
+            range that fails is skipped.
     ping    {}  -> pong
 
 Agent -> host
@@ -100,8 +110,8 @@ import msgpack
 __all__ = ["VERSION", "SUPPORTED", "MAX_FRAME", "ProtocolError", "encode", "FrameReader",
            "send", "recv"]
 
-VERSION = 3
-SUPPORTED = frozenset({2, 3})
+VERSION = 4
+SUPPORTED = frozenset({2, 3, 4})
 MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 

@@ -15,7 +15,7 @@
 #ifndef SNAPSTART_SNAPAGENT_H
 #define SNAPSTART_SNAPAGENT_H
 
-#define SNAPAGENT_PROTOCOL 3           /* bootstrap/protocol.py VERSION */
+#define SNAPAGENT_PROTOCOL 4           /* bootstrap/protocol.py VERSION */
 
 /* inproc: start the agent thread. Returns 0 or -errno. init_type: "snap-start" or
  * "on-demand". The fds become the agent's (closed on exec). */

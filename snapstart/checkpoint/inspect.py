@@ -124,7 +124,7 @@ def inspect_images(images_dir: Path, *, top: int = 8, tmp_archive: str | None = 
                              "mapped": end - start, "dumped": dumped})
     report.largest = sorted(mappings, key=lambda m: -m["dumped"])[:top]
     for image in sorted(images_dir.iterdir()):
-        if image.is_file():
+        if image.is_file() and not image.name.startswith("."):   # not the L1's .hotset
             report.image_files[image.name] = image.stat().st_size
     tmp = images_dir / tmp_archive if tmp_archive else None
     if tmp is not None and tmp.exists():

@@ -120,6 +120,7 @@ class RestoreAhead:
                 with self._cond:
                     self._failed[key] = time.monotonic()
                 continue
+            sandbox.prefault()           # its hot pages, now rather than on resume
             with self._cond:
                 keep = not self._closed and key in self._recent
                 if keep:

@@ -54,10 +54,15 @@ class Clones:
 
     def retire(self, sandbox: Sandbox) -> None:
         """Untrack ``sandbox`` off the caller's path (close() waits for it)."""
+        self.later(self.untrack, sandbox)
+
+    def later(self, fn: Callable[..., object], *args: object) -> None:
+        """Run ``fn(*args)`` off the caller's path, after the work handed over before
+        it (one thread, in order; close() waits for it)."""
         try:
-            self._retirer.submit(self.untrack, sandbox)
+            self._retirer.submit(fn, *args)
         except RuntimeError:          # closing: do it here
-            self.untrack(sandbox)
+            fn(*args)
 
     def park(self, key: Key, sandbox: Sandbox) -> None:
         with self.lock:

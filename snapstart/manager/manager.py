@@ -39,6 +39,7 @@ from typing import Callable
 
 from .. import tracing
 from ..checkpoint.criu import Criu
+from ..checkpoint.hotset import HotSets
 from ..config import CRIU_RUNDIR, FunctionConfig, Settings
 from ..errors import (AfterRestoreError, InitError, OutOfMemoryError, PayloadError, RestoreError,
                       RuntimeExitError, SandboxError, SandboxTimeoutError, SnapshotError,
@@ -147,6 +148,7 @@ class Manager:
         _sweep_stale_dirs(self.settings.shm)   # ... and their CRIU work / staging dirs
         self.owner = owner_tag(self.settings.home)   # names our sandboxes in /proc
         self.clones = Clones()
+        self.hotsets = HotSets()
         self.slots = SlotPool(self.criu, self.settings.shm / "run", owner=self.owner,
                               target=(2 if keep_warm else 0) if restore_slots is None
                               else restore_slots, refill=refill_slots)
@@ -300,6 +302,9 @@ class Manager:
         except BaseException:
             self.clones.untrack(sandbox)
             raise
+        if sandbox.record_hot is not None:     # before it is parked or retired
+            self.clones.later(self.hotsets.record, sandbox.pid, sandbox.record_hot)
+            sandbox.record_hot = None
         if self.keep_warm and sandbox.state is SandboxState.IDLE and not self._closed:
             self.clones.park(key, sandbox)
         else:
@@ -354,6 +359,9 @@ class Manager:
                     log_sink=self._sink(info.name, info.version))
         finally:
             shutil.rmtree(slot.work_dir, ignore_errors=True)
+        sandbox.hot = self.hotsets.get(images, manifest.meta)
+        if sandbox.hot is None and self.hotsets.wanted(images, manifest.meta):
+            sandbox.record_hot = images
         return self.clones.track(sandbox)
 
     def prewarm(self, info: VersionInfo) -> Sandbox:

@@ -44,6 +44,7 @@ from bootstrap import protocol
 
 from .. import tracing
 from ..checkpoint.criu import Criu, DumpResult, Worker, reap_restore_leftovers
+from ..checkpoint.hotset import HotSet
 from ..config import PROJECT_ROOT
 from ..errors import (AfterRestoreError, InitError, OutOfMemoryError, RuntimeExitError,
                       SandboxError, SandboxTimeoutError)
@@ -321,6 +322,10 @@ class Sandbox:
         self.cgroup = cgroup
         self.fs = SandboxFs()
         self.egress: Egress | None = None
+        # pages to fault in ahead (restored inproc clones of protocol >= 4 only), or
+        # the L1 entry to record them for after this clone's first invocation
+        self.hot: HotSet | None = None
+        self.record_hot: Path | None = None
 
     # ---- creation ----------------------------------------------------------------
     @classmethod
@@ -656,7 +661,7 @@ class Sandbox:
         self._check_resumable()
         started = time.monotonic()
         try:
-            self.ctl.sendall(protocol.encode({"op": "resume"}))
+            self.ctl.sendall(protocol.encode(self._resume_frame()))
         except OSError:
             raise self._died(None) from None
         deadline = started + timeout_s
@@ -667,6 +672,22 @@ class Sandbox:
                 self.lifecycle.to(S.IDLE)
                 self.last_used = time.monotonic()
                 return (self.last_used - started) * 1000
+
+    def _resume_frame(self) -> dict:
+        if self.hot is None:
+            return {"op": "resume"}
+        return {"op": "resume", "populate": self.hot.frame()}
+
+    def prefault(self) -> None:
+        """Fault in the hot set now (a clone parked ahead of demand): its resume then
+        finds those pages ready. Fire and forget; the agent handles frames in order."""
+        if self.hot is None or self.state is not S.RESTORING:
+            return
+        try:
+            self.ctl.sendall(protocol.encode({"op": "populate", **self.hot.frame()}))
+        except OSError:
+            return          # dead: the resume finds out
+        self.hot = None
 
     def _check_resumable(self) -> None:
         if self.state is not S.RESTORING:
@@ -722,7 +743,7 @@ class Sandbox:
         restore_ms: float | None = None
         try:
             if resume:
-                self.ctl.sendall(protocol.encode({"op": "resume"}) + protocol.encode(frame))
+                self.ctl.sendall(protocol.encode(self._resume_frame()) + protocol.encode(frame))
             else:
                 self.ctl.sendall(protocol.encode(frame))
         except OSError:

@@ -13,6 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from leaks import serve_env  # noqa: E402
 
+from bootstrap import protocol  # noqa: E402
+
 pytestmark = [pytest.mark.requires_root, pytest.mark.requires_criu]
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +33,7 @@ def test_inspect_names_processes_memory_tmp_and_environment_names(manager, publi
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["version"] == 2 and out["previous_version"] == 1
-    assert out["made_by"]["agent_protocol"] == 3 and out["made_by"]["snapstart"]
+    assert out["made_by"]["agent_protocol"] == protocol.VERSION and out["made_by"]["snapstart"]
     # the runtime, PID 2 of the sandbox, with its command line read from the image
     (runtime,) = out["processes"]
     assert runtime["pid"] == 2 and "_snapstart_runtime" in runtime["argv"]

@@ -28,6 +28,7 @@ class FakeSandbox:
         self.state = SandboxState.IDLE
         self.killed = False
         self.resumed: bool | None = None
+        self.record_hot = None          # no hot set to record (checkpoint/hotset.py)
 
     def healthy(self) -> bool:
         return True
