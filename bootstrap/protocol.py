@@ -108,7 +108,7 @@ import struct
 import msgpack
 
 __all__ = ["VERSION", "SUPPORTED", "MAX_FRAME", "ProtocolError", "encode", "FrameReader",
-           "send", "recv"]
+           "send", "recv", "recv_async"]
 
 VERSION = 4
 SUPPORTED = frozenset({2, 3, 4})
@@ -182,3 +182,22 @@ def recv(sock: socket.socket) -> dict:
     if n > MAX_FRAME:
         raise ProtocolError(f"frame of {n} bytes exceeds {MAX_FRAME}")
     return _decode(_recv_exact(sock, n))
+
+
+async def _recv_exact_async(loop, sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await loop.sock_recv(sock, min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise ProtocolError("channel closed by peer")
+        buf += chunk
+    return bytes(buf)
+
+
+async def recv_async(loop, sock: socket.socket) -> dict:
+    """``recv`` on an event loop (a non-blocking socket). Like ``recv`` it reads no
+    byte past the frame, so the blocking reader can take over after it."""
+    (n,) = _HEADER.unpack(await _recv_exact_async(loop, sock, 4))
+    if n > MAX_FRAME:
+        raise ProtocolError(f"frame of {n} bytes exceeds {MAX_FRAME}")
+    return _decode(await _recv_exact_async(loop, sock, n))

@@ -485,6 +485,19 @@ class Registry:
         self._cache[key] = (stamp, info)
         return info
 
+    def cached(self, name: str, qualifier: str | None = None) -> VersionInfo | None:
+        """``resolve`` when it needs no more than a few stat calls: the version this
+        registry resolved last time, if its files did not change since and no fleet
+        sync is due; else None (call ``resolve``, on a thread)."""
+        cached = self._cache.get((name, qualifier or None))
+        if cached is None:
+            return None
+        if self.settings.store_url:
+            last = self._synced.get(name)
+            if last is None or time.monotonic() - last >= self.settings.store_sync_s:
+                return None
+        return cached[1] if cached[0] == self._stamp(name) else None
+
     def _resolve(self, name: str, qualifier: str | None) -> VersionInfo:
         if not self.exists(name):
             raise FunctionNotFoundError(f"Function not found: {self.settings.function_arn(name)}")

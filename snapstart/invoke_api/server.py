@@ -166,6 +166,25 @@ class InvokeService:
         block = self._record(name, info.version, info.config.memory_mb, result)
         return result, info.version, block
 
+    async def invoke_warm(self, name: str, qualifier: str | None, body: bytes, *,
+                          trace_id: str, client_context: str | None) -> tuple | None:
+        """``invoke_sync`` on the event loop when it resolves from the registry's cache
+        and an idle clone takes the event (Manager.invoke_warm); else None."""
+        info = self.manager.registry.cached(name, qualifier)
+        if info is None:
+            return None
+        try:
+            result = await self.manager.invoke_warm(info, body, trace_id=trace_id,
+                                                    client_context=client_context,
+                                                    qualifier=qualifier)
+        except ThrottledError as exc:
+            self.metrics.throttles.labels(name, exc.reason).inc()
+            raise
+        if result is None:
+            return None
+        return result, info.version, self._record(name, info.version,
+                                                  info.config.memory_mb, result)
+
     def _record(self, name: str, version: str, memory_mb: int, result, *,
                 sync: bool = False) -> bytes:
         """Metrics and the invocation's log block; ``sync``: written before returning
@@ -407,10 +426,13 @@ def create_app(service: InvokeService) -> web.Application:
             return web.Response(status=202, headers={"x-amzn-RequestId": event_id,
                                                      "X-Amz-Executed-Version": version,
                                                      "X-Amzn-Trace-Id": trace_id})
-        result, version, block = await run(service.invoke_sync, name, qualifier, body,
-                                           trace_id=trace_id, client_context=client_context,
-                                           pool=service.pool,
-                                           trace_context=tracing.current_context())
+        done = await service.invoke_warm(name, qualifier, body, trace_id=trace_id,
+                                         client_context=client_context)
+        if done is None:            # no idle clone (or a fleet sync is due): on a thread
+            done = await run(service.invoke_sync, name, qualifier, body, trace_id=trace_id,
+                             client_context=client_context, pool=service.pool,
+                             trace_context=tracing.current_context())
+        result, version, block = done
         with tracing.span("response"):
             return _invoke_response(result, version, block, trace_id, log_type)
 

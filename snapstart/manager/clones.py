@@ -84,6 +84,10 @@ class Clones:
         with self.lock:
             return sum(len(v) for k, v in self._idle.items() if name is None or k[0] == name)
 
+    def has_idle(self, key: Key) -> bool:
+        with self.lock:
+            return bool(self._idle.get(key))
+
     def idle_of(self, key: Key) -> list[Sandbox]:
         """A copy of ``key``'s idle clones (read-only uses: memory figures)."""
         with self.lock:

@@ -23,9 +23,11 @@ concurrency (``provisioned.py``), concurrency limits (``limits.py``), log lines
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -201,10 +203,8 @@ class Manager:
         the function sees it in ``context.invoked_function_arn``, as on Lambda.
         ``sink``: where a streamed response goes as it arrives (results.ResponseSink)."""
         check_payload(payload)
-        req = InvokeRequest(request_id=request_id or str(uuid.uuid4()), payload=payload,
-                            arn=self.settings.function_arn(info.name, qualifier or None),
-                            timeout_s=info.config.timeout_s, trace_id=trace_id,
-                            client_context=client_context, sink=sink)
+        req = self._request(info, payload, client_context=client_context, trace_id=trace_id,
+                            qualifier=qualifier, request_id=request_id, sink=sink)
         self._acquire(info.name)
         try:
             with tracing.span("dispatch", name=info.name, version=info.version,
@@ -219,6 +219,14 @@ class Manager:
                 return result
         finally:
             self._release(info.name)
+
+    def _request(self, info: VersionInfo, payload: bytes, *, client_context: str | None,
+                 trace_id: str | None, qualifier: str | None, request_id: str | None,
+                 sink: ResponseSink | None) -> InvokeRequest:
+        return InvokeRequest(request_id=request_id or str(uuid.uuid4()), payload=payload,
+                             arn=self.settings.function_arn(info.name, qualifier or None),
+                             timeout_s=info.config.timeout_s, trace_id=trace_id,
+                             client_context=client_context, sink=sink)
 
     def _acquire(self, name: str) -> None:
         with self._lock:
@@ -291,17 +299,25 @@ class Manager:
         resume = start_type in (StartType.RESTORED, StartType.RESTORED_POOL)
         try:
             result = sandbox.invoke(req, resume=resume)
-        except RuntimeExitError as exc:
-            self.clones.untrack(sandbox)
+        except BaseException as exc:
+            return self._failed_run(sandbox, key, req, start_type, exc)
+        return self._ran(sandbox, key, result, start_type)
+
+    def _failed_run(self, sandbox: Sandbox, key: Key, req: InvokeRequest,
+                    start_type: StartType, exc: BaseException) -> InvokeResult:
+        """``_run``'s ending when the invocation raised ``exc`` (the clone is gone)."""
+        self.clones.untrack(sandbox)
+        if isinstance(exc, RuntimeExitError):
             if exc.retryable and start_type in (StartType.WARM, StartType.RESTORED_POOL):
-                raise
+                raise exc
             return _failed(req, exc, start_type, key[1])
-        except (SandboxTimeoutError, AfterRestoreError, OutOfMemoryError) as exc:
-            self.clones.untrack(sandbox)
+        if isinstance(exc, (SandboxTimeoutError, AfterRestoreError, OutOfMemoryError)):
             return _failed(req, exc, start_type, key[1])
-        except BaseException:
-            self.clones.untrack(sandbox)
-            raise
+        raise exc
+
+    def _ran(self, sandbox: Sandbox, key: Key, result: InvokeResult,
+             start_type: StartType) -> InvokeResult:
+        """``_run``'s ending when the clone answered: parked idle again, or retired."""
         if sandbox.record_hot is not None:     # before it is parked or retired
             self.clones.later(self.hotsets.record, sandbox.pid, sandbox.record_hot)
             sandbox.record_hot = None
@@ -310,6 +326,47 @@ class Manager:
         else:
             self.clones.retire(sandbox)       # torn down after the caller has its result
         return dataclasses.replace(result, start_type=start_type, executed_version=key[1])
+
+    async def invoke_warm(self, info: VersionInfo, payload: bytes = b"{}", *,
+                          client_context: str | None = None, trace_id: str | None = None,
+                          qualifier: str | None = None) -> InvokeResult | None:
+        """``invoke_version`` on the caller's event loop when an idle clone of ``info``
+        can take the event (what ``snapstart serve`` does first: no thread between the
+        request and the agent); None when there is none, or it had died idle -- the
+        caller then calls ``invoke_version`` on a thread. Concurrency limits, spans and
+        results are ``invoke_version``'s."""
+        key = (info.name, info.version)
+        if not self.clones.has_idle(key):
+            return None
+        check_payload(payload)
+        req = self._request(info, payload, client_context=client_context, trace_id=trace_id,
+                            qualifier=qualifier, request_id=None, sink=None)
+        loop = asyncio.get_running_loop()
+        self._acquire(info.name)
+        try:
+            sandbox = self.clones.pop_idle(key)
+            if sandbox is None:
+                return None
+            with tracing.span("dispatch", name=info.name, version=info.version,
+                              request_id=req.request_id) as span:
+                try:
+                    result = await sandbox.invoke_async(req)
+                except BaseException as exc:
+                    if not isinstance(exc, Exception):          # cancelled: no awaiting
+                        loop.run_in_executor(None, self.clones.untrack, sandbox)
+                        raise
+                    try:
+                        return await loop.run_in_executor(None, functools.partial(
+                            self._failed_run, sandbox, key, req, StartType.WARM, exc))
+                    except RuntimeExitError:
+                        return None     # it died idle, before the event: start afresh
+                result = self._ran(sandbox, key, result, StartType.WARM)
+                if span is not None:
+                    span.set_attribute(tracing.ATTRS["start_type"], str(result.start_type))
+                    span.set_attribute(tracing.ATTRS["coldstart"], False)
+                return result
+        finally:
+            self._release(info.name)
 
     def _restore(self, info: VersionInfo) -> Sandbox:
         """Restore a clone of ``info``'s snapshot (state RESTORING: not resumed).

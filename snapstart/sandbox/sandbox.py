@@ -25,7 +25,9 @@ This module must not know about versions, stores or pools: that is the manager's
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -700,30 +702,40 @@ class Sandbox:
         try:
             msg = self._message(deadline, logs)
         except socket.timeout:
-            self.kill()
-            prefix = f"RequestId: {request_id} Error: " if request_id else ""
-            raise SandboxTimeoutError(prefix + timeout_message) from None
+            raise self._timed_out(request_id, timeout_message) from None
         except (protocol.ProtocolError, OSError):
             raise self._died(request_id) from None
+        failure = self._failure(msg, request_id)
+        if failure is not None:
+            raise failure
+        return msg
+
+    def _timed_out(self, request_id: str | None, message: str) -> SandboxError:
+        self.kill()
+        prefix = f"RequestId: {request_id} Error: " if request_id else ""
+        return SandboxTimeoutError(prefix + message)
+
+    def _failure(self, msg: dict, request_id: str | None) -> SandboxError | None:
+        """The error a frame reports (the sandbox is killed), or None."""
         op = msg["op"]
         if op == "restore_error":
             err = _error_fields(msg["body"], msg.get("type") or "Runtime.AfterRestoreError",
                                 header_wins=True)
             self.kill()
-            raise AfterRestoreError(f"{err['errorMessage']}", error_type=err["errorType"])
+            return AfterRestoreError(f"{err['errorMessage']}", error_type=err["errorType"])
         if op in ("exit", "fatal"):
             if self.cgroup is not None and self.cgroup.oom_kills() > 0:
-                raise self._died(request_id)
+                return self._died(request_id)
             self.kill()
             prefix = f"RequestId: {request_id} Error: " if request_id else ""
             if op == "fatal":
-                raise RuntimeExitError(f"{prefix}{msg.get('message', 'the agent failed')}")
+                return RuntimeExitError(f"{prefix}{msg.get('message', 'the agent failed')}")
             exc = RuntimeExitError(f"{prefix}Runtime exited with error: "
                                    f"{describe_status(int(msg.get('status', 0)))}")
             # The runtime died before this event reached it: safe to run elsewhere.
             exc.retryable = request_id is not None and msg.get("inflight") != request_id
-            raise exc
-        return msg
+            return exc
+        return None
 
     def invoke(self, req: InvokeRequest, *, resume: bool = False) -> InvokeResult:
         """Run one invocation. ``resume``: the first invoke of a restored clone, sent
@@ -733,76 +745,62 @@ class Sandbox:
             self._check_resumable()
         else:
             self.lifecycle.to(S.BUSY)
-        logs = bytearray()
-        started = time.monotonic()
-        started_ns = tracing.now_ns()
-        deadline_ms = int(time.time() * 1000 + req.timeout_s * 1000)
-        frame = {"op": "invoke", "id": req.request_id, "payload": req.payload,
-                 "deadline_ms": deadline_ms, "arn": req.arn, "trace_id": req.trace_id,
-                 "client_context": req.client_context}
-        restore_ms: float | None = None
+        ex = _Exchange(self, req, resume)
         try:
-            if resume:
-                self.ctl.sendall(protocol.encode(self._resume_frame()) + protocol.encode(frame))
-            else:
-                self.ctl.sendall(protocol.encode(frame))
+            self.ctl.sendall(ex.outgoing)
         except OSError:
             raise self._died(req.request_id) from None
-        invoke_start = started
-        deadline = started + req.timeout_s + (30.0 if resume else 0.0)
-        timeout_message = f"Task timed out after {req.timeout_s:.2f} seconds"
-        content_type: str | None = None       # set once the runtime streams its response
-        streamed = bytearray()                # ... and its bytes, without a sink
         while True:
             try:
-                msg = self._await(deadline, logs, req.request_id,
-                                  timeout_message=timeout_message)
+                msg = self._await(ex.deadline, ex.logs, req.request_id,
+                                  timeout_message=ex.timeout_message)
             except SandboxError as exc:
-                # keep what the function printed, how long it ran and its memory
-                exc.logs = bytes(logs)
-                exc.duration_ms = (time.monotonic() - invoke_start) * 1000
-                exc.max_memory_used_mb = self.max_memory_used_mb()
-                _trace(started, started_ns, invoke_start, restore_ms, req, error=exc.error_type)
+                ex.failed(exc)
                 raise
-            op = msg["op"]
-            if op == "ready":
-                if resume and self.state is S.RESTORING:
-                    invoke_start = time.monotonic()
-                    restore_ms = (invoke_start - started) * 1000
-                    deadline = invoke_start + req.timeout_s
-                    self.lifecycle.to(S.IDLE)
-                    self.lifecycle.to(S.BUSY)
-            elif op == "stream" and msg.get("id") == req.request_id:
-                content_type = str(msg.get("content_type") or "application/octet-stream")
-                if req.sink is not None:
-                    req.sink.begin(content_type)
-            elif op == "stream_chunk" and msg.get("id") == req.request_id:
-                if req.sink is not None:
-                    req.sink.chunk(msg["data"])
-                else:
-                    streamed += msg["data"]
-            elif op in ("response", "error"):
-                if msg.get("id") != req.request_id:
-                    continue
-                duration = (time.monotonic() - invoke_start) * 1000
-                self.invocations += 1
-                self.last_used = time.monotonic()
-                self.lifecycle.to(S.IDLE)
-                _trace(started, started_ns, invoke_start, restore_ms, req,
-                       error=msg.get("type") if op == "error" else None)
-                if op == "response":
-                    payload, ferr = msg["payload"], None
-                    if content_type is not None and req.sink is None:
-                        payload = bytes(streamed)
-                else:
-                    payload = json.dumps(_error_fields(msg["body"], msg.get("type") or
-                                                       "Runtime.Unknown")).encode()
-                    ferr = "Unhandled"
-                return InvokeResult(request_id=req.request_id, payload=payload,
-                                    function_error=ferr, duration_ms=duration, logs=bytes(logs),
-                                    restore_duration_ms=restore_ms,
-                                    max_memory_used_mb=self.max_memory_used_mb(),
-                                    stream_content_type=content_type)
+            result = ex.feed(msg)
+            if result is not None:
+                return result
+
+    async def invoke_async(self, req: InvokeRequest) -> InvokeResult:
+        """``invoke`` of an IDLE clone on the caller's event loop: no thread between
+        the request and the agent. The same exchange (``_Exchange``) as ``invoke``;
+        what ends it abnormally (timeout, exit, a broken channel: the sandbox is
+        killed) is settled on a thread, as ``invoke`` would, and raised here."""
+        loop = asyncio.get_running_loop()
+        self.lifecycle.to(S.BUSY)
+        ex = _Exchange(self, req, False)
+        request_id = req.request_id
+        settle: Callable[[], SandboxError | None]
+        self.ctl.setblocking(False)
+        try:
+            await loop.sock_sendall(self.ctl, ex.outgoing)
+            async with asyncio.timeout(max(0.0, ex.deadline - time.monotonic())):
+                while True:
+                    msg = await protocol.recv_async(loop, self.ctl)
+                    op = msg["op"]
+                    if op == "log":
+                        self._log(msg["data"], ex.logs)
+                    elif op in ("restore_error", "exit", "fatal"):
+                        settle = functools.partial(self._failure, msg, request_id)
+                        break
+                    elif op != "hello":
+                        result = ex.feed(msg)
+                        if result is not None:
+                            return result
+        except TimeoutError:
+            settle = functools.partial(self._timed_out, request_id, ex.timeout_message)
+        except (protocol.ProtocolError, OSError):
+            settle = functools.partial(self._died, request_id)
+        except BaseException:           # cancelled mid-exchange: the clone is unusable
+            self.kill()
+            raise
+        finally:
+            if self.state is not S.DEAD:
+                self.ctl.setblocking(True)
+        exc = await loop.run_in_executor(None, settle)
+        assert exc is not None
+        ex.failed(exc)
+        raise exc
 
     def healthy(self) -> bool:
         """Before reusing an idle clone: drain what the agent said while idle.
@@ -883,6 +881,82 @@ class Sandbox:
     @property
     def alive(self) -> bool:
         return self.state is not S.DEAD
+
+
+class _Exchange:
+    """One invocation's exchange with the agent, without I/O (``Sandbox.invoke`` drives
+    it with blocking reads, ``Sandbox.invoke_async`` from an event loop): the frames
+    to send (``outgoing``), then ``feed`` each meaningful frame the agent sends until
+    it returns the result. ``log`` frames go to ``logs`` (the reader's job);
+    ``failed`` completes an error with what the function printed, its duration and
+    memory."""
+
+    def __init__(self, sandbox: Sandbox, req: InvokeRequest, resume: bool) -> None:
+        self.sandbox = sandbox
+        self.req = req
+        self.resume = resume
+        self.logs = bytearray()
+        self.started = self.invoke_start = time.monotonic()
+        self.started_ns = tracing.now_ns()
+        self.deadline = self.started + req.timeout_s + (30.0 if resume else 0.0)
+        self.timeout_message = f"Task timed out after {req.timeout_s:.2f} seconds"
+        self.restore_ms: float | None = None
+        self.content_type: str | None = None     # set once the runtime streams its response
+        self.streamed = bytearray()              # ... and its bytes, without a sink
+        frame = protocol.encode({
+            "op": "invoke", "id": req.request_id, "payload": req.payload,
+            "deadline_ms": int(time.time() * 1000 + req.timeout_s * 1000), "arn": req.arn,
+            "trace_id": req.trace_id, "client_context": req.client_context})
+        self.outgoing = (protocol.encode(sandbox._resume_frame()) + frame) if resume else frame
+
+    def failed(self, exc: SandboxError) -> None:
+        """Keep what the function printed, how long it ran and its memory."""
+        exc.logs = bytes(self.logs)
+        exc.duration_ms = (time.monotonic() - self.invoke_start) * 1000
+        exc.max_memory_used_mb = self.sandbox.max_memory_used_mb()
+        _trace(self.started, self.started_ns, self.invoke_start, self.restore_ms, self.req,
+               error=exc.error_type)
+
+    def feed(self, msg: dict) -> InvokeResult | None:
+        sandbox, req = self.sandbox, self.req
+        op = msg["op"]
+        if op == "ready":
+            if self.resume and sandbox.state is S.RESTORING:
+                self.invoke_start = time.monotonic()
+                self.restore_ms = (self.invoke_start - self.started) * 1000
+                self.deadline = self.invoke_start + req.timeout_s
+                sandbox.lifecycle.to(S.IDLE)
+                sandbox.lifecycle.to(S.BUSY)
+        elif op == "stream" and msg.get("id") == req.request_id:
+            self.content_type = str(msg.get("content_type") or "application/octet-stream")
+            if req.sink is not None:
+                req.sink.begin(self.content_type)
+        elif op == "stream_chunk" and msg.get("id") == req.request_id:
+            if req.sink is not None:
+                req.sink.chunk(msg["data"])
+            else:
+                self.streamed += msg["data"]
+        elif op in ("response", "error") and msg.get("id") == req.request_id:
+            duration = (time.monotonic() - self.invoke_start) * 1000
+            sandbox.invocations += 1
+            sandbox.last_used = time.monotonic()
+            sandbox.lifecycle.to(S.IDLE)
+            _trace(self.started, self.started_ns, self.invoke_start, self.restore_ms, req,
+                   error=msg.get("type") if op == "error" else None)
+            if op == "response":
+                payload, ferr = msg["payload"], None
+                if self.content_type is not None and req.sink is None:
+                    payload = bytes(self.streamed)
+            else:
+                payload = json.dumps(_error_fields(msg["body"], msg.get("type") or
+                                                   "Runtime.Unknown")).encode()
+                ferr = "Unhandled"
+            return InvokeResult(request_id=req.request_id, payload=payload,
+                                function_error=ferr, duration_ms=duration, logs=bytes(self.logs),
+                                restore_duration_ms=self.restore_ms,
+                                max_memory_used_mb=sandbox.max_memory_used_mb(),
+                                stream_content_type=self.content_type)
+        return None
 
 
 def _trace(started: float, started_ns: int, invoke_start: float, restore_ms: float | None,
