@@ -23,7 +23,6 @@ concurrency (``provisioned.py``), concurrency limits (``limits.py``), log lines
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import dataclasses
@@ -341,6 +340,8 @@ class Manager:
         check_payload(payload)
         req = self._request(info, payload, client_context=client_context, trace_id=trace_id,
                             qualifier=qualifier, request_id=None, sink=None)
+        import asyncio          # serve's; not on the one-shot CLI's import path
+
         loop = asyncio.get_running_loop()
         self._acquire(info.name)
         try:

@@ -25,7 +25,6 @@ This module must not know about versions, stores or pools: that is the manager's
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import functools
 import json
@@ -766,6 +765,8 @@ class Sandbox:
         the request and the agent. The same exchange (``_Exchange``) as ``invoke``;
         what ends it abnormally (timeout, exit, a broken channel: the sandbox is
         killed) is settled on a thread, as ``invoke`` would, and raised here."""
+        import asyncio          # serve's; not on the one-shot CLI's import path
+
         loop = asyncio.get_running_loop()
         self.lifecycle.to(S.BUSY)
         ex = _Exchange(self, req, False)
