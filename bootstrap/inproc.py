@@ -25,8 +25,9 @@ client holds the GIL while it POSTs a result and waits for the answer, so an age
 thread that needed the GIL would never answer.
 
 What a function sees of it: one more thread (``snapstart-agent``), the modules
-``_snapstart_bootstrap.*`` and msgpack in ``sys.modules``, and fds for the host
-channel and the Runtime API (close-on-exec, and closed in children it forks).
+``_snapstart_bootstrap.*`` and msgpack in ``sys.modules``, fds for the host
+channel and the Runtime API (close-on-exec, and closed in children it forks), and
+an ``os._exit`` that tells the agent first (``_hand_over_exit``).
 Variables the interpreter reads only at startup (PYTHONWARNINGS, PYTHONUTF8, ...)
 are in the function's environment but do not act on this interpreter. Orphaned
 grandchildren go to snapinit, which reaps them.
@@ -57,6 +58,23 @@ def _exit_code(exc: SystemExit) -> int:
 
 
 LIBRARY = "/var/runtime/snapstart/libsnapagent.so"     # sandbox/mountns.py
+
+
+def _hand_over_exit(lib: ctypes.CDLL) -> None:
+    """``os._exit`` in this process goes through the agent: the output the function
+    wrote just before (still in the pipe the agent thread reads) and the exit
+    status reach the host before the process ends; a plain ``os._exit`` would end
+    the agent's thread with the pipe unread. Children this process forks keep the
+    real one (the agent is not theirs)."""
+    pid = os.getpid()
+    real_exit = os._exit
+
+    def _exit(status: int) -> None:
+        if os.getpid() == pid:
+            lib.snapagent_exit(int(status))
+        real_exit(status)
+
+    os._exit = _exit  # type: ignore[assignment]
 
 
 def main(argv: list[str]) -> None:
@@ -92,6 +110,7 @@ def main(argv: list[str]) -> None:
                                    "message": f"sandbox failed to start: {exc!r}"})
         os._exit(1)
     os.register_at_fork(after_in_child=lib.snapagent_forget)
+    _hand_over_exit(lib)
 
     # The function's view: `python -m MODULE ARG...` run from its code directory.
     status = 0
