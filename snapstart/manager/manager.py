@@ -181,6 +181,13 @@ class Manager:
         return self.publisher.publish(code_dir, config, progress=progress,
                                       init_timeout_s=init_timeout_s, snap_start=snap_start)
 
+    def preload(self) -> None:
+        """Open the store and load the rest of the restore path's modules now: for a
+        one-shot caller (the CLI), before its request, while its restore slot is
+        being prepared (a long-lived manager has them from its first restore)."""
+        self.store
+        from ..checkpoint import rpc  # noqa: F401
+
     # ---- invoke ------------------------------------------------------------------
     def invoke(self, name: str, payload: bytes = b"{}", *, qualifier: str | None = None,
                no_snapshot: bool = False, force_new: bool = False,

@@ -48,7 +48,7 @@ from ..runtimes import runtime_spec
 from ..sandbox.mountns import SandboxFs, take_tmp_file
 from ..sandbox.sandbox import Sandbox
 from .clones import Clones
-from .slots import private_name
+from ..sandbox.procs import private_name
 
 __all__ = ["Publisher", "PublishResult", "sandbox_fs"]
 

@@ -21,25 +21,20 @@ import logging
 import shutil
 import threading
 import time
-import uuid
-import os
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Iterator
 
 from ..checkpoint.criu import Criu
 from ..errors import SnapStartError
 from ..sandbox.mountns import SandboxFs
+from ..sandbox.procs import private_name
 from ..sandbox.sandbox import RestoreSlot
 
 __all__ = ["SlotPool", "private_name"]
 
 log = logging.getLogger("snapstart.manager")
 QUIET_WAIT_S = 0.25
-
-
-def private_name() -> str:
-    """A work / staging dir name that says which process owns it (``<pid>-<hex>``)."""
-    return f"{os.getpid()}-{uuid.uuid4().hex}"
 
 
 class SlotPool:
@@ -60,6 +55,7 @@ class SlotPool:
         self._preparing = False
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._adopted: list[Future] = []     # slots being prepared by the caller
         if target > 0:
             self._start()
 
@@ -70,9 +66,29 @@ class SlotPool:
                                                 daemon=True)
                 self._thread.start()
 
+    def adopt(self, pending: Future) -> None:
+        """A slot the caller started preparing before this pool existed (the one-shot
+        CLI, while it imports the rest of snapstart); ``take`` hands it out first."""
+        with self._cond:
+            self._adopted.append(pending)
+
+    def _take_adopted(self, wait: bool) -> RestoreSlot | None:
+        with self._cond:
+            pending = next((f for f in self._adopted if wait or f.done()), None)
+            if pending is None:
+                return None
+            self._adopted.remove(pending)
+        try:
+            return pending.result()
+        except (SnapStartError, OSError) as exc:    # the restore prepares its own
+            log.warning("cannot prepare a restore slot: %s", exc)
+            return None
+
     def take(self, *, wait: bool = False) -> RestoreSlot | None:
         """A prepared slot, or None. With ``wait``, if none is ready but one is being
         prepared, wait for it: it is further along than a new one would be."""
+        if self._adopted and (slot := self._take_adopted(wait)) is not None:
+            return slot
         if self.target <= 0:
             return None
         with self._cond:
@@ -154,6 +170,10 @@ class SlotPool:
             self._cond.notify_all()
         if thread is not None:
             thread.join()
+        while self._adopted:
+            slot = self._take_adopted(True)
+            if slot is not None:
+                slots.append(slot)
         for slot in slots:
             discard(slot)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import uuid
 from pathlib import Path
 
 __all__ = ["owner_tag", "lifeline_fd", "find_inits", "members", "children_of"]
@@ -28,6 +29,11 @@ _lock = threading.Lock()
 
 def owner_tag(home: os.PathLike | str) -> str:
     return hashlib.sha256(str(Path(home).resolve()).encode()).hexdigest()[:16]
+
+
+def private_name() -> str:
+    """A work / staging dir name that says which process owns it (``<pid>-<hex>``)."""
+    return f"{os.getpid()}-{uuid.uuid4().hex}"
 
 
 def lifeline_fd() -> int:
