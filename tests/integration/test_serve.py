@@ -114,16 +114,29 @@ def test_aws_cli_invoke(home, serve, tmp_path):
 
 
 def test_timeout_and_crash_are_unhandled_function_errors(home, serve):
+    """On a fresh clone (restored: a thread) and on a warm one (serve's event loop)."""
     publish(home, "errors", timeout=1)
     client = serve().client()
-    slow = client.invoke(FunctionName="errors", Payload=b'{"action": "sleep", "seconds": 5}')
-    assert slow["StatusCode"] == 200 and slow["FunctionError"] == "Unhandled"
-    assert _payload(slow)["errorType"] == "Sandbox.Timedout"
-    crash = client.invoke(FunctionName="errors", Payload=b'{"action": "exit"}')
-    assert crash["StatusCode"] == 200 and crash["FunctionError"] == "Unhandled"
-    assert _payload(crash)["errorType"] == "Runtime.ExitError"
-    again = client.invoke(FunctionName="errors", Payload=b'{"action": "none"}')
-    assert "FunctionError" not in again and _payload(again) == {"ok": True}
+    for warm in (False, True):
+        if warm:
+            assert _payload(client.invoke(FunctionName="errors",
+                                          Payload=b'{"action": "none"}')) == {"ok": True}
+        slow = client.invoke(FunctionName="errors", Payload=b'{"action": "sleep", "seconds": 5}',
+                             LogType="Tail")
+        assert slow["StatusCode"] == 200 and slow["FunctionError"] == "Unhandled"
+        assert _payload(slow)["errorType"] == "Sandbox.Timedout"
+        assert b"errors: about to sleep" in base64.b64decode(slow["LogResult"])
+        if warm:
+            assert _payload(client.invoke(FunctionName="errors",
+                                          Payload=b'{"action": "none"}')) == {"ok": True}
+        crash = client.invoke(FunctionName="errors", Payload=b'{"action": "exit"}',
+                              LogType="Tail")
+        assert crash["StatusCode"] == 200 and crash["FunctionError"] == "Unhandled"
+        assert _payload(crash)["errorType"] == "Runtime.ExitError"
+        tail = base64.b64decode(crash["LogResult"])
+        assert b"errors: about to exit" in tail and b"exit status 3" in tail, tail
+        again = client.invoke(FunctionName="errors", Payload=b'{"action": "none"}')
+        assert "FunctionError" not in again and _payload(again) == {"ok": True}
 
 
 def test_api_errors_and_bad_input_keep_the_server_up(home, serve):
