@@ -167,9 +167,14 @@ class InvokeService:
         return result, info.version, block
 
     async def invoke_warm(self, name: str, qualifier: str | None, body: bytes, *,
-                          trace_id: str, client_context: str | None) -> tuple | None:
+                          trace_id: str, client_context: str | None,
+                          tail: bool = False) -> tuple | None:
         """``invoke_sync`` on the event loop when it resolves from the registry's cache
-        and an idle clone takes the event (Manager.invoke_warm); else None."""
+        and an idle clone takes the event (Manager.invoke_warm); else None. Its
+        metrics and log block are written on the loop after the response went out
+        (``_account``): no hand-over to the log thread, whose wake-up and GIL cost
+        the next request ~0.2 ms on 2 CPUs. The block is made now only for
+        ``tail``."""
         info = self.manager.registry.cached(name, qualifier)
         if info is None:
             return None
@@ -182,8 +187,16 @@ class InvokeService:
             raise
         if result is None:
             return None
-        return result, info.version, self._record(name, info.version,
-                                                  info.config.memory_mb, result)
+        memory_mb = info.config.memory_mb
+        block = invocation_block(result, info.version, memory_mb) if tail else None
+        asyncio.get_running_loop().call_soon(self._account, name, info.version, memory_mb,
+                                             result, block)
+        return result, info.version, block or b""
+
+    def _account(self, name: str, version: str, memory_mb: int, result,
+                 block: bytes | None) -> None:
+        self.metrics.observe(name, result)
+        self._write_log(name, version, block or invocation_block(result, version, memory_mb))
 
     def _record(self, name: str, version: str, memory_mb: int, result, *,
                 sync: bool = False) -> bytes:
@@ -427,7 +440,8 @@ def create_app(service: InvokeService) -> web.Application:
                                                      "X-Amz-Executed-Version": version,
                                                      "X-Amzn-Trace-Id": trace_id})
         done = await service.invoke_warm(name, qualifier, body, trace_id=trace_id,
-                                         client_context=client_context)
+                                         client_context=client_context,
+                                         tail=log_type == "Tail")
         if done is None:            # no idle clone (or a fleet sync is due): on a thread
             done = await run(service.invoke_sync, name, qualifier, body, trace_id=trace_id,
                              client_context=client_context, pool=service.pool,
