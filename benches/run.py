@@ -16,8 +16,10 @@ a 50 ms idle gap, so slots refill; bursts measure back-to-back restores):
     restored-pool a clone restored ahead of demand (restore_ahead=1), resumed for the
                   request: its own start type, never mixed into restored-l1
     cli-restored  the one-shot CLI, `snapstart invoke NAME --json` (what `make demo`
-                  shows): its own request -> response (``invoke_ms``: slot, restore,
-                  invoke; not Python's start); process wall time reported beside it
+                  shows): its own request -> response (``invoke_ms``: restore and
+                  invoke, and what of its restore slot -- prepared from the
+                  process's start -- was not ready yet; not Python's start);
+                  process wall time reported beside it
     warm          Manager.invoke() on a live clone (and through `snapstart serve`
                   when that command exists: start type ``warm-serve``)
 
