@@ -490,6 +490,7 @@ def snapshots_ls(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def snapshots_inspect(ref: str, as_json: bool) -> None:
     """What a version's snapshot holds and why it is the size it is."""
+    from .checkpoint import hotset
     from .checkpoint.inspect import inspect_images
     from .errors import ConfigError
     from .registry import LATEST, Registry, parse_ref
@@ -504,6 +505,7 @@ def snapshots_inspect(ref: str, as_json: bool) -> None:
     store = _store()
     manifest, images = store.materialized(name, n)
     report = inspect_images(images, tmp_archive=TMP_ARCHIVE, root=SANDBOX_ROOT).to_dict()
+    hot = hotset.load(images / hotset.FILE_NAME)
     refs = manifest.chunk_refs()
     stored = {f.path: sum(c.stored_size for c in f.chunks) for f in manifest.files}
     previous = max((v for v in registry.versions(name) if v < n), default=None)
@@ -530,7 +532,11 @@ def snapshots_inspect(ref: str, as_json: bool) -> None:
         "logical_bytes": manifest.logical_bytes,
         "stored_bytes": sum(c.stored_size for c in refs.values()),
         "shared_with_previous_bytes": shared_prev, "previous_version": previous,
-        "stored_by_file": stored, **report}
+        "stored_by_file": stored,
+        # pages the first restored invocation touched, faulted in ahead (hotset.py)
+        "hot_set": None if hot is None else dict(zip(("written_pages", "read_pages"),
+                                                     hot.pages)),
+        **report}
     if as_json:
         click.echo(json.dumps(out, indent=1))
         return
@@ -553,6 +559,10 @@ def snapshots_inspect(ref: str, as_json: bool) -> None:
         for hook in out["hooks"]:
             click.echo(f"  {hook['kind'].replace('_', '-'):16} {hook['name']}"
                        + (f"  ({hook['at']})" if hook.get("at") else ""))
+    click.echo("hot set: " + ("(not recorded yet: after this node's first restored "
+                              "invocation)" if hot is None else
+                              f"{hot.pages[0]} pages written, {hot.pages[1]} read by the first "
+                              "restored invocation; faulted in ahead of later ones"))
     click.echo("processes:")
     for proc in out["processes"]:
         click.echo(f"  pid {proc['pid']} ({proc['comm']}, {proc['threads']} threads): "

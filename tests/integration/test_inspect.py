@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from leaks import serve_env  # noqa: E402
+from leaks import serve_env, wait_for  # noqa: E402
 
 from bootstrap import protocol  # noqa: E402
 
@@ -49,6 +49,14 @@ def test_inspect_names_processes_memory_tmp_and_environment_names(manager, publi
     text = _inspect(settings, "tmpfiles:1")
     assert text.returncode == 0 and "memory by kind" in text.stdout
     assert "/tmp/init.txt" in text.stdout and "do-not-print-me" not in text.stdout
+    # the hot set: none before a restored invocation, then recorded by the first one
+    assert out["hot_set"] is None and "hot set: (not recorded yet" in text.stdout
+    assert manager.invoke("tmpfiles", force_new=True).start_type == "restored"
+    hot = wait_for(lambda: json.loads(_inspect(settings, "tmpfiles", "--json").stdout)
+                   ["hot_set"], 10, "the hot set in inspect")
+    assert hot["written_pages"] > 0 and hot["read_pages"] > 0
+    assert f"hot set: {hot['written_pages']} pages written" in _inspect(settings,
+                                                                        "tmpfiles").stdout
 
 
 def test_inspect_shows_the_registered_hooks_in_the_order_they_run(manager, publish,
