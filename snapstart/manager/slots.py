@@ -31,7 +31,7 @@ from ..sandbox.mountns import SandboxFs
 from ..sandbox.procs import private_name
 from ..sandbox.sandbox import RestoreSlot
 
-__all__ = ["SlotPool", "private_name"]
+__all__ = ["SlotPool"]
 
 log = logging.getLogger("snapstart.manager")
 QUIET_WAIT_S = 0.25

@@ -21,7 +21,7 @@ import threading
 import uuid
 from pathlib import Path
 
-__all__ = ["owner_tag", "lifeline_fd", "find_inits", "members", "children_of"]
+__all__ = ["owner_tag", "private_name", "lifeline_fd", "find_inits", "members", "children_of"]
 
 _lifeline: tuple[int, int] | None = None
 _lock = threading.Lock()
