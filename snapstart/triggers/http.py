@@ -384,6 +384,24 @@ def _stable_id(seed: str, n: int) -> str:
     return "".join(alphabet[b % len(alphabet)] for b in digest[:n])
 
 
+def _compile_all(entries, compile_one, clash, where: str, field: str) -> list:
+    """Each entry compiled; one that does not compile, or clashes with one kept
+    before it (``clash`` says how), is refused with one logged error."""
+    out: list = []
+    for i, entry in enumerate(entries):
+        try:
+            item = compile_one(entry)
+        except SnapStartError as exc:
+            log.error("%s: %s[%d] refused: %s", where, field, i, exc.message)
+            continue
+        why = clash(item, out)
+        if why is not None:
+            log.error("%s: %s[%d] refused: %s", where, field, i, why)
+            continue
+        out.append(item)
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
     """What is served at one moment (a request keeps the one it started with)."""
@@ -393,31 +411,21 @@ class Snapshot:
 
     @classmethod
     def build(cls, triggers: config.Triggers, where: str = "triggers.json") -> "Snapshot":
-        urls: list[FunctionUrl] = []
-        for i, entry in enumerate(triggers.function_urls):
-            try:
-                url = compile_url(entry)
-            except SnapStartError as exc:
-                log.error("%s: function_urls[%d] refused: %s", where, i, exc.message)
-                continue
+        def url_clash(url: FunctionUrl, urls: list[FunctionUrl]) -> str | None:
             if any((u.function, u.qualifier) == (url.function, url.qualifier) for u in urls):
-                log.error("%s: function_urls[%d] refused: a second URL for %s%s", where, i,
-                          url.function, f":{url.qualifier}" if url.qualifier else "")
-                continue
-            urls.append(url)
-        routes: list[Route] = []
-        for i, entry in enumerate(triggers.http_routes):
-            try:
-                route = compile_route(entry)
-            except SnapStartError as exc:
-                log.error("%s: http_routes[%d] refused: %s", where, i, exc.message)
-                continue
+                return (f"a second URL for {url.function}"
+                        + (f":{url.qualifier}" if url.qualifier else ""))
+            return None
+
+        def route_clash(route: Route, routes: list[Route]) -> str | None:
             same = next((r for r in routes if r.route_key == route.route_key), None)
-            if same is not None:
-                log.error("%s: http_routes[%d] refused: %s is already routed to %s", where,
-                          i, route.route_key, same.function)
-                continue
-            routes.append(route)
+            return None if same is None else \
+                f"{route.route_key} is already routed to {same.function}"
+
+        urls = _compile_all(triggers.function_urls, compile_url, url_clash, where,
+                            "function_urls")
+        routes = _compile_all(triggers.http_routes, compile_route, route_clash, where,
+                              "http_routes")
         routes.sort(key=lambda r: r.order)
         return cls(urls=tuple(urls), routes=tuple(routes))
 
