@@ -144,24 +144,22 @@ class HotSets:
         self._lock = threading.Lock()
         self._known: dict[Path, HotSet | None] = {}
 
-    def get(self, images_dir: Path, meta: dict) -> HotSet | None:
-        """The hot set for a clone restored from ``images_dir`` (its manifest's
-        ``meta``), or None: no agent that populates, or none recorded yet."""
-        if meta.get("agent_layout") != "inproc" or \
-                int(meta.get("agent_protocol") or 0) < MIN_PROTOCOL:
-            return None
+    @staticmethod
+    def eligible(meta: dict) -> bool:
+        """Does a clone of a snapshot with this manifest ``meta`` populate itself (an
+        inproc agent of protocol MIN_PROTOCOL or later)?"""
+        return meta.get("agent_layout") == "inproc" and \
+            int(meta.get("agent_protocol") or 0) >= MIN_PROTOCOL
+
+    def get(self, images_dir: Path) -> HotSet | None:
+        """The hot set of clones restored from ``images_dir``, or None: none
+        recorded yet."""
         with self._lock:
             if images_dir in self._known:
                 return self._known[images_dir]
         hot = load(images_dir / FILE_NAME)
         with self._lock:
             return self._known.setdefault(images_dir, hot)
-
-    def wanted(self, images_dir: Path, meta: dict) -> bool:
-        """Should a clone of ``images_dir`` restored without a hot set record one?"""
-        return self.get(images_dir, meta) is None and \
-            meta.get("agent_layout") == "inproc" and \
-            int(meta.get("agent_protocol") or 0) >= MIN_PROTOCOL
 
     def record(self, pid: int, images_dir: Path) -> None:
         """Record the hot set of the clone ``pid`` after its first invocation (it

@@ -218,10 +218,7 @@ class Manager:
                 # every result comes from _run, which stamps its start type and version
                 result = self._dispatch(info, req, no_snapshot=no_snapshot,
                                         force_new=force_new)
-                if span is not None:
-                    span.set_attribute(tracing.ATTRS["start_type"], str(result.start_type))
-                    span.set_attribute(tracing.ATTRS["coldstart"],
-                                       result.start_type is not StartType.WARM)
+                _stamp_span(span, result)
                 return result
         finally:
             self._release(info.name)
@@ -369,9 +366,7 @@ class Manager:
                     except RuntimeExitError:
                         return None     # it died idle, before the event: start afresh
                 result = self._ran(sandbox, key, result, StartType.WARM)
-                if span is not None:
-                    span.set_attribute(tracing.ATTRS["start_type"], str(result.start_type))
-                    span.set_attribute(tracing.ATTRS["coldstart"], False)
+                _stamp_span(span, result)
                 return result
         finally:
             self._release(info.name)
@@ -424,9 +419,10 @@ class Manager:
                     log_sink=self._sink(info.name, info.version))
         finally:
             shutil.rmtree(slot.work_dir, ignore_errors=True)
-        sandbox.hot = self.hotsets.get(images, manifest.meta)
-        if sandbox.hot is None and self.hotsets.wanted(images, manifest.meta):
-            sandbox.record_hot = images
+        if HotSets.eligible(manifest.meta):
+            sandbox.hot = self.hotsets.get(images)
+            if sandbox.hot is None:             # the first clone here records it
+                sandbox.record_hot = images
         return self.clones.track(sandbox)
 
     def prewarm(self, info: VersionInfo) -> Sandbox:
@@ -559,6 +555,13 @@ class Manager:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stamp_span(span, result: InvokeResult) -> None:
+    """The dispatch span's start type (tracing.py), once the result says it."""
+    if span is not None:
+        span.set_attribute(tracing.ATTRS["start_type"], str(result.start_type))
+        span.set_attribute(tracing.ATTRS["coldstart"], result.start_type is not StartType.WARM)
 
 
 def _failed(req: InvokeRequest, exc: SandboxError, start_type: StartType,
