@@ -82,20 +82,16 @@ def _settings():
 
 def _early_slot(settings):
     """A restore slot being prepared on a thread (a Future), for a one-shot invoke
-    (Manager's slot pool adopts it). What the manager would have set up first is
-    done here first: the CRIU run dir, cheap cgroup migrations, the work dir. The
-    modules it needs are imported here, before the thread starts: imports hold the
-    GIL, and the rest of snapstart's are made while the slot's processes start."""
-    import os
+    (Manager's slot pool adopts it), with what the manager would have set up on the
+    host first (sandbox.prepare_host). The modules it needs are imported here,
+    before the thread starts: imports hold the GIL, and the rest of snapstart's are
+    made while the slot's processes start."""
     import threading
     from concurrent.futures import Future
-    from pathlib import Path
 
     from .checkpoint.criu import Criu
-    from .config import CRIU_RUNDIR
-    from .sandbox.cgroups import favor_dynmods
     from .sandbox.procs import owner_tag, private_name
-    from .sandbox.sandbox import RestoreSlot
+    from .sandbox.sandbox import RestoreSlot, prepare_host
 
     pending: Future = Future()
     # The main thread imports (GIL-bound) while this one forks and mounts, needing
@@ -106,10 +102,7 @@ def _early_slot(settings):
 
     def prepare() -> None:
         try:
-            os.makedirs(CRIU_RUNDIR, mode=0o755, exist_ok=True)
-            favor_dynmods(Path(CRIU_RUNDIR) / "favordynmods")
-            run = settings.shm / "run"
-            run.mkdir(parents=True, exist_ok=True, mode=0o700)
+            run = prepare_host(settings.shm)
             pending.set_result(RestoreSlot.prepare(Criu(settings.criu), run / private_name(),
                                                    owner=owner_tag(settings.home)))
         except BaseException as exc:  # noqa: BLE001 - the restore prepares its own

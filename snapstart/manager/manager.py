@@ -41,17 +41,16 @@ from typing import Callable
 from .. import tracing
 from ..checkpoint.criu import Criu
 from ..checkpoint.hotset import HotSets
-from ..config import CRIU_RUNDIR, FunctionConfig, Settings
+from ..config import FunctionConfig, Settings
 from ..errors import (AfterRestoreError, InitError, OutOfMemoryError, PayloadError, RestoreError,
                       RuntimeExitError, SandboxError, SandboxTimeoutError, SnapshotError,
                       SnapshotIncompatibleError, SnapStartError, StoreError, ThrottledError)
 from ..registry import Registry, VersionInfo
 from ..results import InvokeRequest, InvokeResult, ResponseSink, StartType
 from ..runtimes import runtime_spec
-from ..sandbox.cgroups import favor_dynmods
 from ..sandbox.cgroups import sweep_stale as sweep_stale_cgroups
 from ..sandbox.procs import owner_tag
-from ..sandbox.sandbox import RestoreSlot, Sandbox
+from ..sandbox.sandbox import RestoreSlot, Sandbox, prepare_host
 from ..sandbox.state import SandboxState
 from .ahead import RestoreAhead
 from .clones import Clones, Key
@@ -137,20 +136,15 @@ class Manager:
         self._stop = threading.Event()
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         sweep_stale_cgroups()   # groups of managers that died without cleaning up
-        # cheap cgroup migrations for this boot (cgroups.py); the marker lives on tmpfs
-        favor_dynmods(Path(CRIU_RUNDIR) / "favordynmods")
+        run = prepare_host(self.settings.shm)   # favordynmods, CRIU's run dir (tmpfs)
         if not self.settings.home.exists():
             # root only: sandboxes see their code through bind mounts (mountns.py)
             self.settings.home.mkdir(parents=True, mode=0o700)
-        (self.settings.shm / "run").mkdir(parents=True, exist_ok=True, mode=0o700)
-        # CRIU's kernel-feature cache lives on tmpfs, which a reboot empties: without
-        # its directory every CRIU call re-probes the kernel (~30 ms).
-        os.makedirs(CRIU_RUNDIR, mode=0o755, exist_ok=True)
         _sweep_stale_dirs(self.settings.shm)   # ... and their CRIU work / staging dirs
         self.owner = owner_tag(self.settings.home)   # names our sandboxes in /proc
         self.clones = Clones()
         self.hotsets = HotSets()
-        self.slots = SlotPool(self.criu, self.settings.shm / "run", owner=self.owner,
+        self.slots = SlotPool(self.criu, run, owner=self.owner,
                               target=(2 if keep_warm else 0) if restore_slots is None
                               else restore_slots, refill=refill_slots)
         self.ahead = RestoreAhead(per_version=restore_ahead, max_total=8 * restore_ahead,
